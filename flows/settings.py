@@ -1,0 +1,338 @@
+"""One settings object for every Vigil process, read from ``VIGIL_*`` environment variables.
+
+Twelve-factor: nothing is read from files, every field has a default that runs the embedded
+demo, and ``Settings.from_env()`` validates everything at start, reporting *all* problems in
+one error so an operator fixes them in one go. ``docs/configuration.md`` is checked against
+this module by a test, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from typing import Any
+
+PREFIX = "VIGIL_"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_BROKER = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+
+
+class SettingsError(ValueError):
+    """Raised when one or more ``VIGIL_*`` variables are invalid; lists every problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "invalid Vigil settings:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``500ms``, ``30s``, ``5m``, ``1h``, ``2d`` or a bare number of seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(
+            f"{text!r} is not a duration; use a number with a unit, e.g. 500ms, 30s, 5m, 1h"
+        )
+    return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+
+
+def parse_brokers(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated ``host:port`` list; empty means "no broker, embedded mode"."""
+    items = tuple(b.strip() for b in text.split(",") if b.strip())
+    bad = [b for b in items if not _BROKER.match(b) or not 0 < int(b.rsplit(":", 1)[1]) < 65536]
+    if bad:
+        raise ValueError(
+            f"cannot parse broker(s) {', '.join(map(repr, bad))}; "
+            "expected comma-separated host:port, e.g. localhost:9092,redpanda:9092"
+        )
+    return items
+
+
+def _doc(text: str, **kw: Any) -> Any:  # noqa: ANN401 - dataclass field factory
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Vigil process can be told. Field name ``x_y`` is variable ``VIGIL_X_Y``."""
+
+    # --- Kafka / Redpanda -------------------------------------------------------------------
+    brokers: tuple[str, ...] = _doc(
+        "Comma-separated Kafka/Redpanda bootstrap servers. Empty runs the embedded simulated "
+        "fleet and prints alerts to stdout instead of using a broker.",
+        default=(),
+    )
+    readings_topic: str = _doc("Topic the flow reads sensor readings from.", default="readings")
+    alerts_topic: str = _doc("Topic alerts are written to, keyed by sensor_id.", default="alerts")
+    scores_topic: str = _doc(
+        "Topic one score record per sensor per window hop is written to.", default="scores"
+    )
+    dead_letter_topic: str = _doc(
+        "Topic for records that could not be processed, with the reason.",
+        default="readings-dead-letter",
+    )
+    starting_offset: str = _doc(
+        "Where to start reading a partition with no recovery state: `earliest` or `latest`.",
+        default="earliest",
+    )
+    consumer_batch_size: int = _doc(
+        "Most messages taken from one partition per poll; bigger batches amortise overhead.",
+        default=5000,
+    )
+    fetch_wait_max_ms: int = _doc(
+        "librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch; bounds latency.",
+        default=10,
+    )
+    producer_linger_ms: int = _doc(
+        "librdkafka `linger.ms` for the alert, score and dead-letter producers.", default=5
+    )
+    kafka_security_protocol: str = _doc(
+        "librdkafka `security.protocol`: plaintext, ssl, sasl_plaintext or sasl_ssl.",
+        default="plaintext",
+    )
+    kafka_sasl_mechanism: str = _doc(
+        "librdkafka `sasl.mechanism` (e.g. SCRAM-SHA-256, PLAIN); empty for none.", default=""
+    )
+    kafka_sasl_username: str = _doc("librdkafka `sasl.username`.", default="")
+    kafka_sasl_password: str = _doc(
+        "librdkafka `sasl.password`. Secret: never logged.", default=""
+    )
+    kafka_ssl_ca_location: str = _doc(
+        "librdkafka `ssl.ca.location`: CA bundle used to verify the brokers.", default=""
+    )
+
+    # --- Event time and windows -------------------------------------------------------------
+    window_length: timedelta = _doc(
+        "Length of the sliding feature window (e.g. 5m for minute data, 30s for 1 Hz rigs).",
+        default=timedelta(minutes=5),
+    )
+    window_hop: timedelta = _doc(
+        "How often a window closes and is scored; the window length must be a multiple of it.",
+        default=timedelta(minutes=1),
+    )
+    allowed_lateness: timedelta = _doc(
+        "How far behind a sensor's newest reading a reading may arrive and still be counted. "
+        "Older readings go to the dead-letter topic with reason `late`.",
+        default=timedelta(minutes=1),
+    )
+    max_future: timedelta = _doc(
+        "Readings stamped further than this ahead of the wall clock are dead-lettered.",
+        default=timedelta(minutes=5),
+    )
+    state_shards: int = _doc(
+        "Per-sensor state is grouped into this many keyed shards (hash of sensor_id); more "
+        "shards than workers keeps work balanced, fewer keeps snapshots cheap.",
+        default=64,
+    )
+
+    # --- Placeholder scorer -----------------------------------------------------------------
+    zscore_threshold: float = _doc(
+        "Robust z-score (|x - median| / (1.4826·MAD)) at which a window is anomalous.",
+        default=6.0,
+    )
+    zscore_history: int = _doc(
+        "Windows of per-sensor history the robust z-score compares against.", default=60
+    )
+    zscore_warmup: int = _doc(
+        "Windows a sensor must have seen before it can raise an alert.", default=10
+    )
+    alert_resolve_after: int = _doc(
+        "Consecutive normal windows after which an open alert is resolved.", default=3
+    )
+
+    # --- Embedded simulated fleet (used when no broker is set) -----------------------------
+    sim_sensors: int = _doc("Number of simulated sensors.", default=20)
+    sim_seed: int = _doc("Seed of the simulator; the same seed gives the same fleet.", default=7)
+    sim_interval: timedelta = _doc(
+        "Event-time spacing between two readings of one simulated sensor.",
+        default=timedelta(seconds=10),
+    )
+    sim_speed: float = _doc(
+        "Simulated seconds per wall-clock second while catching up on history.", default=600.0
+    )
+    sim_backfill: timedelta = _doc(
+        "The simulation starts this far in the past and runs at `sim_speed` until it reaches "
+        "now, then continues in real time.",
+        default=timedelta(hours=6),
+    )
+    sim_anomaly_rate: float = _doc(
+        "Expected injected anomalies per sensor per simulated day.", default=6.0
+    )
+    sim_limit: int = _doc(
+        "Stop the embedded simulator after this many readings (0 = run forever).", default=0
+    )
+
+    # --- Process ----------------------------------------------------------------------------
+    log_level: str = _doc("Log level: DEBUG, INFO, WARNING or ERROR.", default="INFO")
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``), raising one SettingsError."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        known = {f"{PREFIX}{f.name.upper()}" for f in fields(cls)}
+        for f in fields(cls):
+            var = f"{PREFIX}{f.name.upper()}"
+            if var not in env:
+                continue
+            raw = env[var]
+            try:
+                values[f.name] = _parse(f.type, raw)
+            except ValueError as exc:
+                problems.append(f"{var}={raw!r}: {exc}")
+        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+        for var in unknown:
+            if var.startswith(("VIGIL_TEST_", "VIGIL_API_")):
+                continue  # read by the test suite and by the API's own settings
+            problems.append(f"{var}: unknown setting (see docs/configuration.md)")
+        if problems:
+            raise SettingsError(problems)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check cross-field rules; raise SettingsError listing every violation."""
+        p: list[str] = []
+        if self.window_length <= timedelta(0):
+            p.append(f"VIGIL_WINDOW_LENGTH must be positive, got {self.window_length}")
+        if self.window_hop <= timedelta(0):
+            p.append(f"VIGIL_WINDOW_HOP must be positive, got {self.window_hop}")
+        elif self.window_length > timedelta(0):
+            ratio = self.window_length / self.window_hop
+            if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
+                p.append(
+                    f"VIGIL_WINDOW_LENGTH ({self.window_length}) must be a whole multiple "
+                    f"of VIGIL_WINDOW_HOP ({self.window_hop})"
+                )
+            elif round(ratio) > 1000:
+                p.append("VIGIL_WINDOW_LENGTH / VIGIL_WINDOW_HOP must be at most 1000 panes")
+        if self.allowed_lateness < timedelta(0):
+            p.append(f"VIGIL_ALLOWED_LATENESS must not be negative, got {self.allowed_lateness}")
+        if self.max_future <= timedelta(0):
+            p.append("VIGIL_MAX_FUTURE must be positive")
+        if self.starting_offset not in ("earliest", "latest"):
+            p.append(
+                f"VIGIL_STARTING_OFFSET must be 'earliest' or 'latest', got {self.starting_offset!r}"
+            )
+        for name in ("consumer_batch_size", "state_shards", "zscore_history", "sim_sensors"):
+            if getattr(self, name) < 1:
+                p.append(f"VIGIL_{name.upper()} must be at least 1")
+        for name in ("fetch_wait_max_ms", "producer_linger_ms", "sim_limit", "zscore_warmup"):
+            if getattr(self, name) < 0:
+                p.append(f"VIGIL_{name.upper()} must not be negative")
+        if self.alert_resolve_after < 1:
+            p.append("VIGIL_ALERT_RESOLVE_AFTER must be at least 1")
+        if self.zscore_threshold <= 0:
+            p.append("VIGIL_ZSCORE_THRESHOLD must be positive")
+        if self.zscore_warmup > self.zscore_history:
+            p.append("VIGIL_ZSCORE_WARMUP must not exceed VIGIL_ZSCORE_HISTORY")
+        if self.sim_interval <= timedelta(0) or self.sim_speed <= 0:
+            p.append("VIGIL_SIM_INTERVAL and VIGIL_SIM_SPEED must be positive")
+        if self.sim_anomaly_rate < 0:
+            p.append("VIGIL_SIM_ANOMALY_RATE must not be negative")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            p.append(f"VIGIL_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.kafka_security_protocol.lower() not in (
+            "plaintext", "ssl", "sasl_plaintext", "sasl_ssl"
+        ):
+            p.append("VIGIL_KAFKA_SECURITY_PROTOCOL must be plaintext, ssl, sasl_plaintext or sasl_ssl")
+        topics = [self.readings_topic, self.alerts_topic, self.scores_topic, self.dead_letter_topic]
+        if any(not t for t in topics):
+            p.append("topic names must not be empty")
+        elif len(set(topics)) != len(topics):
+            p.append("the readings, alerts, scores and dead-letter topics must all differ")
+        if p:
+            raise SettingsError(p)
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: the flow runs on the simulated fleet."""
+        return not self.brokers
+
+    def kafka_config(self) -> dict[str, str]:
+        """Settings mapped onto librdkafka keys, shared by every consumer, producer and admin."""
+        cfg = {
+            "bootstrap.servers": ",".join(self.brokers),
+            "security.protocol": self.kafka_security_protocol.lower(),
+        }
+        if self.kafka_sasl_mechanism:
+            cfg["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            cfg["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            cfg["sasl.password"] = self.kafka_sasl_password
+        if self.kafka_ssl_ca_location:
+            cfg["ssl.ca.location"] = self.kafka_ssl_ca_location
+        return cfg
+
+    def describe(self) -> dict[str, str]:
+        """Every setting as text for start-up logs, with secrets masked."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "password" in f.name and value:
+                value = "***"
+            out[f.name] = _format(value)
+        return out
+
+
+def _parse(tp: Any, raw: str) -> Any:  # noqa: ANN401 - returns the field's own type
+    tp = str(tp)
+    if tp == "str":
+        return raw.strip()
+    if tp == "int":
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+    if tp == "float":
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if tp == "bool":
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError("expected true or false")
+    if tp == "timedelta":
+        text = raw.strip()
+        if text.startswith("-"):
+            # parse the magnitude so the cross-field check reports "must be positive"
+            return -parse_duration(text[1:])
+        return parse_duration(text)
+    if tp == "tuple[str, ...]":
+        return parse_brokers(raw)
+    raise TypeError(f"unsupported settings type {tp}")
+
+
+def _format(value: Any) -> str:  # noqa: ANN401
+    if isinstance(value, timedelta):
+        secs = value.total_seconds()
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+            if secs >= size and secs % size == 0:
+                return f"{int(secs // size)}{unit}"
+        return f"{int(secs * 1000)}ms"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting; used to write and check the docs."""
+    defaults = Settings()
+    return [
+        (f"{PREFIX}{f.name.upper()}", _format(getattr(defaults, f.name)), f.metadata["doc"])
+        for f in fields(Settings)
+    ]
