@@ -193,10 +193,13 @@ class Settings:
             if var.startswith(("VIGIL_TEST_", "VIGIL_API_")):
                 continue  # read by the test suite and by the API's own settings
             problems.append(f"{var}: unknown setting (see docs/configuration.md)")
+        settings = cls(**values)
+        try:
+            settings.validate()
+        except SettingsError as exc:
+            problems.extend(exc.problems)
         if problems:
             raise SettingsError(problems)
-        settings = cls(**values)
-        settings.validate()
         return settings
 
     def validate(self) -> None:
