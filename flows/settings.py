@@ -206,20 +206,22 @@ class Settings:
         """Check cross-field rules; raise SettingsError listing every violation."""
         p: list[str] = []
         if self.window_length <= timedelta(0):
-            p.append(f"VIGIL_WINDOW_LENGTH must be positive, got {self.window_length}")
+            p.append(f"VIGIL_WINDOW_LENGTH must be positive, got {_show(self.window_length)}")
         if self.window_hop <= timedelta(0):
-            p.append(f"VIGIL_WINDOW_HOP must be positive, got {self.window_hop}")
+            p.append(f"VIGIL_WINDOW_HOP must be positive, got {_show(self.window_hop)}")
         elif self.window_length > timedelta(0):
             ratio = self.window_length / self.window_hop
             if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
                 p.append(
-                    f"VIGIL_WINDOW_LENGTH ({self.window_length}) must be a whole multiple "
-                    f"of VIGIL_WINDOW_HOP ({self.window_hop})"
+                    f"VIGIL_WINDOW_LENGTH ({_show(self.window_length)}) must be a whole "
+                    f"multiple of VIGIL_WINDOW_HOP ({_show(self.window_hop)})"
                 )
             elif round(ratio) > 1000:
                 p.append("VIGIL_WINDOW_LENGTH / VIGIL_WINDOW_HOP must be at most 1000 panes")
         if self.allowed_lateness < timedelta(0):
-            p.append(f"VIGIL_ALLOWED_LATENESS must not be negative, got {self.allowed_lateness}")
+            p.append(
+                f"VIGIL_ALLOWED_LATENESS must not be negative, got {_show(self.allowed_lateness)}"
+            )
         if self.max_future <= timedelta(0):
             p.append("VIGIL_MAX_FUTURE must be positive")
         if self.starting_offset not in ("earliest", "latest"):
@@ -330,6 +332,10 @@ def _format(value: Any) -> str:  # noqa: ANN401
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value)
+
+
+def _show(value: timedelta) -> str:
+    return "-" + _format(-value) if value < timedelta(0) else _format(value)
 
 
 def settings_table() -> list[tuple[str, str, str]]:
