@@ -125,6 +125,10 @@ class Settings:
         "Readings stamped further than this ahead of the wall clock are dead-lettered.",
         default=timedelta(minutes=5),
     )
+    max_record_bytes: int = _doc(
+        "Readings larger than this many bytes are dead-lettered without being parsed.",
+        default=65536,
+    )
     state_shards: int = _doc(
         "Per-sensor state is grouped into this many keyed shards (hash of sensor_id); more "
         "shards than workers keeps work balanced, fewer keeps snapshots cheap.",
@@ -170,6 +174,9 @@ class Settings:
 
     # --- Process ----------------------------------------------------------------------------
     log_level: str = _doc("Log level: DEBUG, INFO, WARNING or ERROR.", default="INFO")
+    metrics_port: int = _doc(
+        "Port of the flow's Prometheus /metrics endpoint; 0 turns it off.", default=0
+    )
 
     # ----------------------------------------------------------------------------------------
     @classmethod
@@ -228,12 +235,17 @@ class Settings:
             p.append(
                 f"VIGIL_STARTING_OFFSET must be 'earliest' or 'latest', got {self.starting_offset!r}"
             )
-        for name in ("consumer_batch_size", "state_shards", "zscore_history", "sim_sensors"):
+        for name in (
+            "consumer_batch_size", "state_shards", "zscore_history", "sim_sensors",
+            "max_record_bytes",
+        ):
             if getattr(self, name) < 1:
                 p.append(f"VIGIL_{name.upper()} must be at least 1")
         for name in ("fetch_wait_max_ms", "producer_linger_ms", "sim_limit", "zscore_warmup"):
             if getattr(self, name) < 0:
                 p.append(f"VIGIL_{name.upper()} must not be negative")
+        if not 0 <= self.metrics_port < 65536:
+            p.append("VIGIL_METRICS_PORT must be a port number (0 turns metrics off)")
         if self.alert_resolve_after < 1:
             p.append("VIGIL_ALERT_RESOLVE_AFTER must be at least 1")
         if self.zscore_threshold <= 0:
@@ -345,3 +357,40 @@ def settings_table() -> list[tuple[str, str, str]]:
         (f"{PREFIX}{f.name.upper()}", _format(getattr(defaults, f.name)), f.metadata["doc"])
         for f in fields(Settings)
     ]
+
+
+def markdown_table() -> str:
+    """The settings table as Markdown, for docs/configuration.md."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for var, default, doc in settings_table():
+        lines.append(f"| `{var}` | `{default}` | {doc} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.settings``: check the environment, or print the docs table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.settings",
+        description="Validate the VIGIL_* environment and show the effective settings.",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print every variable as a Markdown table"
+    )
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table())
+        return 0
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(exc)
+        return 2
+    for name, value in settings.describe().items():
+        print(f"{PREFIX}{name.upper()}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""The detection dataflow: ``python -m bytewax.run flows.detect``.
+
+    readings ─► decode_and_validate ─┬─► invalid_records ──────────────────┐
+                                     └─► key_by_sensor_shard               │
+                                          └─► windowed_features ─┬─► late_readings ─┤
+                                                                 └─► score_windows  │
+                                                 alerts ◄─┬───────────┘              │
+                                                 scores ◄─┘            dead letters ◄┘
+
+With ``VIGIL_BROKERS`` set it reads the readings topic and writes the alerts, scores and
+dead-letter topics; without it, it plays the built-in simulated fleet and prints alerts as
+JSON lines on stdout. Heavy logic lives in flows.decode, flows.stages and detectors/; this
+file only wires it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+
+from detectors.policy import AlertPolicy
+from detectors.zscore import RobustZScore
+from flows import metrics
+from flows.decode import BatchDecoder, DecodedBatch, RawBatch
+from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord, encoder
+from flows.settings import Settings, SettingsError
+from flows.stages import FeatureOutput, FeatureStage, ScoreOutput, ScoreStage, group_by_shard
+from flows.windows import ClosedWindow, WindowSpec
+
+log = logging.getLogger("vigil.flow")
+
+
+
+@dataclass(frozen=True)
+class FlowStreams:
+    """The flow's outputs; the default outputs write the first three, tests may tap any."""
+
+    alerts: Stream[Alert]
+    scores: Stream[ScoreRecord]
+    dead_letters: Stream[DeadLetter]
+    windows: Stream[tuple[str, ClosedWindow]]
+
+
+Outputs = Callable[[FlowStreams], None]
+
+
+class _WindowedFeatures(StatefulBatchLogic[list[Reading], FeatureOutput, bytes]):
+    def __init__(self, stage: FeatureStage) -> None:
+        self.stage = stage
+
+    def on_batch(self, values: list[list[Reading]]) -> tuple[list[FeatureOutput], bool]:
+        t0 = time.perf_counter()
+        out = self.stage.process(values)
+        metrics.BATCH_SECONDS.labels("windowed_features").observe(time.perf_counter() - t0)
+        metrics.ACCEPTED.inc(out.accepted)
+        if out.late:
+            metrics.DEAD.labels("late").inc(len(out.late))
+        return [out], self.RETAIN
+
+    def on_eof(self) -> tuple[list[FeatureOutput], bool]:
+        out = self.stage.flush()
+        return ([out] if out.windows else []), self.RETAIN
+
+    def snapshot(self) -> bytes:
+        return self.stage.snapshot()
+
+
+class _ScoreWindows(StatefulBatchLogic[FeatureOutput, ScoreOutput, bytes]):
+    def __init__(self, stage: ScoreStage) -> None:
+        self.stage = stage
+
+    def on_batch(self, values: list[FeatureOutput]) -> tuple[list[ScoreOutput], bool]:
+        t0 = time.perf_counter()
+        windows = [w for out in values for w in out.windows]
+        out = self.stage.process(windows)
+        metrics.BATCH_SECONDS.labels("score_windows").observe(time.perf_counter() - t0)
+        metrics.WINDOWS.inc(len(windows))
+        for alert in out.alerts:
+            metrics.ALERTS.labels(alert.severity, alert.status).inc()
+        return [out], self.RETAIN
+
+    def snapshot(self) -> bytes:
+        return self.stage.snapshot()
+
+
+def _count_decoded(batch: DecodedBatch, raw_count: int) -> DecodedBatch:
+    metrics.READINGS.inc(raw_count)
+    for dead in batch.dead:
+        metrics.DEAD.labels(dead.reason).inc()
+    return batch
+
+
+def build_flow(
+    settings: Settings, source: Source[RawBatch] | None = None, outputs: Outputs | None = None
+) -> Dataflow:
+    """The dataflow for ``settings``; tests inject a source and outputs."""
+    spec = WindowSpec(
+        length_ms=round(settings.window_length.total_seconds() * 1000),
+        hop_ms=round(settings.window_hop.total_seconds() * 1000),
+        lateness_ms=round(settings.allowed_lateness.total_seconds() * 1000),
+    )
+    decoder = BatchDecoder(
+        settings.max_record_bytes, round(settings.max_future.total_seconds() * 1000)
+    )
+    topic = settings.readings_topic if not settings.embedded else "simulator"
+
+    def new_features(state: bytes | None) -> _WindowedFeatures:
+        if state is None:
+            return _WindowedFeatures(FeatureStage(spec, topic))
+        return _WindowedFeatures(FeatureStage.restore(spec, state, topic))
+
+    def new_scorer(state: bytes | None) -> _ScoreWindows:
+        detector = RobustZScore(
+            settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup
+        )
+        policy = AlertPolicy(
+            detector.threshold, settings.alert_resolve_after, detectors=(detector.name,)
+        )
+        stage = ScoreStage(detector, policy)
+        if state is not None:
+            stage.restore(state)
+        return _ScoreWindows(stage)
+
+    flow = Dataflow("vigil_detect")
+    raw = op.input("read_readings", flow, source or _default_source(settings))
+    decoded = op.map(
+        "decode_and_validate", raw, lambda b: _count_decoded(decoder(b), len(b.values))
+    )
+    invalid = op.flat_map("invalid_records", decoded, lambda b: b.dead)
+    by_shard = op.flat_map(
+        "key_by_sensor_shard", decoded, lambda b: group_by_shard(b.readings, settings.state_shards)
+    )
+    features = op.stateful_batch("windowed_features", by_shard, new_features)
+    late = op.flat_map("late_readings", features, lambda kv: kv[1].late)
+    scored = op.stateful_batch("score_windows", features, new_scorer)
+    alerts = op.flat_map("alerts", scored, lambda kv: kv[1].alerts)
+    scores = op.flat_map("scores", scored, lambda kv: kv[1].scores)
+    dead = op.merge("dead_letters", invalid, late)
+    windows = op.flat_map("closed_windows", features, lambda kv: kv[1].windows)
+    (outputs or _default_outputs(settings))(FlowStreams(alerts, scores, dead, windows))
+    return flow
+
+
+def _default_source(settings: Settings) -> Source[RawBatch]:
+    if settings.embedded:
+        from flows.embedded import SimulatorSource
+
+        return SimulatorSource(settings)
+    from flows.kafka import ReadingsSource
+
+    return ReadingsSource(settings)
+
+
+def _default_outputs(settings: Settings) -> Outputs:
+    def kafka(streams: FlowStreams) -> None:
+        from flows.kafka import TopicSink
+
+        for name, stream, topic in (
+            ("alerts", streams.alerts, settings.alerts_topic),
+            ("scores", streams.scores, settings.scores_topic),
+            ("dead_letters", streams.dead_letters, settings.dead_letter_topic),
+        ):
+            records = op.map(
+                f"encode_{name}",
+                stream,
+                lambda r, t=topic: (t, ((r.sensor_id or "").encode(), encoder.encode(r))),
+            )
+            op.output(f"write_{name}", records, TopicSink(settings, topic))
+
+    def embedded(streams: FlowStreams) -> None:
+        from flows.embedded import JsonLinesSink
+
+        alerts = op.map("encode_alerts", streams.alerts, encoder.encode)
+        op.output("print_alerts", alerts, JsonLinesSink())
+        op.output(
+            "print_dead_letters",
+            op.map("encode_dead_letters", streams.dead_letters, encoder.encode),
+            JsonLinesSink(sys.stderr),
+        )
+
+    return embedded if settings.embedded else kafka
+
+
+def _describe_mode(settings: Settings) -> str:
+    if settings.embedded:
+        return (
+            f"mode=embedded: simulated fleet of {settings.sim_sensors} sensors "
+            f"(seed {settings.sim_seed}); alerts -> stdout as JSON lines, dead letters -> stderr. "
+            "Set VIGIL_BROKERS to read from Kafka/Redpanda."
+        )
+    return (
+        f"mode=kafka: brokers={','.join(settings.brokers)} readings={settings.readings_topic!r} "
+        f"-> alerts={settings.alerts_topic!r} scores={settings.scores_topic!r} "
+        f"dead-letters={settings.dead_letter_topic!r}"
+    )
+
+
+def _load() -> Dataflow:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.stderr.write(f"vigil: {exc}\n")
+        raise SystemExit(2) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    log.info(_describe_mode(settings))
+    shown = settings.describe()
+    log.info(
+        "windows: length=%s hop=%s allowed_lateness=%s shards=%s",
+        *(shown[k] for k in ("window_length", "window_hop", "allowed_lateness", "state_shards")),
+    )
+    metrics.serve(settings.metrics_port)
+    return build_flow(settings)
+
+
+flow = _load()

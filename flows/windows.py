@@ -1,0 +1,243 @@
+"""Event-time sliding-window features for one sensor: the single definition of every feature.
+
+Contract
+--------
+* A window of length ``L`` closes every hop ``H`` (``L = k·H``). Readings are added to *panes*
+  (one per hop); a closing window merges its ``k`` panes, so each reading is touched once no
+  matter how much windows overlap.
+* Event time is per sensor. The watermark is ``newest reading seen - allowed lateness``. A
+  reading older than the watermark is *late*: ``add`` returns False and the caller
+  dead-letters it. A window ``[start, end)`` is emitted once the watermark reaches ``end``,
+  so every reading the window will ever accept is in it when it is computed: out-of-order
+  input within the allowed lateness gives the same features as in-order input.
+* Windows that contain no reading are not emitted (a silent sensor produces nothing).
+* Per metric the features are ``FEATURES``: mean, std (population), min, max, last (value at
+  the newest timestamp), slope (least-squares, units per second) and count.
+
+State per sensor is a few small lists (at most ``k+1`` panes of 10 floats per metric), so a
+snapshot stays cheap; ``snapshot()``/``restore()`` round-trip it exactly. Sums are kept
+relative to a per-metric reference value and pane start, which keeps the variance and slope
+numerically stable for large offsets such as pressures of 10^5 or epoch-second timestamps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+FEATURES: tuple[str, ...] = ("mean", "std", "min", "max", "last", "slope", "count")
+
+# Positions in a pane's per-metric stats list.
+_N, _SV, _SVV, _ST, _STT, _STV, _MIN, _MAX, _LT, _LV = range(10)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """Window geometry in integer milliseconds, derived once from settings."""
+
+    length_ms: int
+    hop_ms: int
+    lateness_ms: int
+
+    def __post_init__(self) -> None:
+        if self.hop_ms <= 0 or self.length_ms <= 0 or self.length_ms % self.hop_ms:
+            raise ValueError("window length must be a positive whole multiple of the hop")
+        if self.lateness_ms < 0:
+            raise ValueError("allowed lateness must not be negative")
+
+    @property
+    def panes(self) -> int:
+        """How many panes (hops) make up one window."""
+        return self.length_ms // self.hop_ms
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """One emitted window: features keyed ``metric.feature``, and how many readings fed it."""
+
+    start_ms: int
+    end_ms: int
+    features: dict[str, float]
+    readings: int
+
+    @property
+    def start(self) -> datetime:
+        """Window start as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.start_ms / 1000, UTC)
+
+    @property
+    def end(self) -> datetime:
+        """Window end (exclusive) as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.end_ms / 1000, UTC)
+
+
+class SensorWindows:
+    """Sliding-window aggregates of one sensor; feed readings in arrival order."""
+
+    __slots__ = ("_readings", "max_ts", "next_close", "panes", "refs", "spec")
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+        self.max_ts: int | None = None  # newest event time seen (ms)
+        self.next_close: int = 0  # panes with index < next_close are closed
+        self.refs: dict[str, float] = {}  # per-metric value offset for stable sums
+        self.panes: dict[int, dict[str, list[float]]] = {}
+        self._readings: dict[int, int] = {}  # readings per pane (a reading may miss metrics)
+
+    # -- ingest ------------------------------------------------------------------------------
+    def add(self, ts_ms: int, values: Mapping[str, float]) -> bool:
+        """Add one reading; False (and no change) if it is late for this sensor."""
+        spec = self.spec
+        max_ts = self.max_ts
+        if max_ts is None:
+            self.max_ts = max_ts = ts_ms
+            self.next_close = (ts_ms - spec.lateness_ms) // spec.hop_ms
+        elif ts_ms < max_ts - spec.lateness_ms:
+            return False
+        elif ts_ms > max_ts:
+            self.max_ts = ts_ms
+        hop = spec.hop_ms
+        p = ts_ms // hop
+        pane = self.panes.get(p)
+        if pane is None:
+            pane = self.panes[p] = {}
+            self._readings[p] = 0
+        self._readings[p] += 1
+        t = (ts_ms - p * hop) / 1000.0
+        refs = self.refs
+        for metric, value in values.items():
+            s = pane.get(metric)
+            if s is None:
+                ref = refs.get(metric)
+                if ref is None:
+                    ref = refs[metric] = value
+                v = value - ref
+                pane[metric] = [1, v, v * v, t, t * t, t * v, v, v, t, v]
+                continue
+            v = value - refs[metric]
+            s[0] += 1
+            s[1] += v
+            s[2] += v * v
+            s[3] += t
+            s[4] += t * t
+            s[5] += t * v
+            if v < s[6]:
+                s[6] = v
+            if v > s[7]:
+                s[7] = v
+            if t >= s[8]:
+                s[8] = t
+                s[9] = v
+        return True
+
+    # -- emit --------------------------------------------------------------------------------
+    def close_ready(self) -> list[ClosedWindow]:
+        """Emit every window whose end the watermark has passed, oldest first."""
+        if self.max_ts is None:
+            return []
+        close_upto = (self.max_ts - self.spec.lateness_ms) // self.spec.hop_ms
+        return self._close(close_upto)
+
+    def flush(self) -> list[ClosedWindow]:
+        """Emit every window that holds data, as if time had moved far ahead (end of input)."""
+        if not self.panes:
+            return []
+        return self._close(max(self.panes) + self.spec.panes)
+
+    def _close(self, close_upto: int) -> list[ClosedWindow]:
+        if close_upto <= self.next_close:
+            return []
+        k = self.spec.panes
+        # Window ends (in panes) that contain at least one non-empty pane and are now due.
+        ends: set[int] = set()
+        for p in self.panes:
+            lo = max(p + 1, self.next_close + 1)
+            hi = min(p + k, close_upto)
+            ends.update(range(lo, hi + 1))
+        out = [self._window(e) for e in sorted(ends)]
+        self.next_close = close_upto
+        keep_from = close_upto + 1 - k  # oldest pane a future window can still need
+        for p in [p for p in self.panes if p < keep_from]:
+            del self.panes[p]
+            del self._readings[p]
+        return out
+
+    def _window(self, end_pane: int) -> ClosedWindow:
+        k = self.spec.panes
+        hop = self.spec.hop_ms
+        hop_s = hop / 1000.0
+        first = end_pane - k
+        merged: dict[str, list[float]] = {}
+        readings = 0
+        for p in range(first, end_pane):
+            pane = self.panes.get(p)
+            if pane is None:
+                continue
+            readings += self._readings[p]
+            d = (p - first) * hop_s  # pane start, seconds after window start
+            for metric, s in pane.items():
+                n, sv, st = s[0], s[1], s[3]
+                m = merged.get(metric)
+                if m is None:
+                    merged[metric] = m = [0, 0.0, 0.0, 0.0, 0.0, 0.0, math.inf, -math.inf,
+                                          -math.inf, 0.0]
+                m[0] += n
+                m[1] += sv
+                m[2] += s[2]
+                m[3] += st + n * d
+                m[4] += s[4] + 2 * d * st + n * d * d
+                m[5] += s[5] + d * sv
+                if s[6] < m[6]:
+                    m[6] = s[6]
+                if s[7] > m[7]:
+                    m[7] = s[7]
+                if s[8] + d >= m[8]:
+                    m[8] = s[8] + d
+                    m[9] = s[9]
+        features: dict[str, float] = {}
+        for metric, m in merged.items():
+            features.update(_features(metric, m, self.refs[metric]))
+        return ClosedWindow(first * hop, end_pane * hop, features, readings)
+
+    # -- recovery ----------------------------------------------------------------------------
+    def snapshot(self) -> tuple:
+        """Plain, picklable, immutable-by-copy state."""
+        return (
+            self.max_ts,
+            self.next_close,
+            dict(self.refs),
+            {p: {m: list(s) for m, s in pane.items()} for p, pane in self.panes.items()},
+            dict(self._readings),
+        )
+
+    @classmethod
+    def restore(cls, spec: WindowSpec, state: tuple) -> SensorWindows:
+        """Rebuild from ``snapshot()`` output."""
+        w = cls(spec)
+        w.max_ts, w.next_close, w.refs, w.panes, w._readings = state
+        return w
+
+
+def _features(metric: str, m: list[float], ref: float) -> Iterable[tuple[str, float]]:
+    n = m[_N]
+    mean_v = m[_SV] / n
+    var = max(m[_SVV] / n - mean_v * mean_v, 0.0)
+    denom = n * m[_STT] - m[_ST] * m[_ST]
+    # Slope is 0 when all readings share one timestamp (or there is a single reading).
+    slope = (n * m[_STV] - m[_ST] * m[_SV]) / denom if denom > 1e-12 * n * n else 0.0
+    return (
+        (f"{metric}.mean", ref + mean_v),
+        (f"{metric}.std", math.sqrt(var)),
+        (f"{metric}.min", ref + m[_MIN]),
+        (f"{metric}.max", ref + m[_MAX]),
+        (f"{metric}.last", ref + m[_LV]),
+        (f"{metric}.slope", slope),
+        (f"{metric}.count", float(n)),
+    )
+
+
+def feature_names(metrics: Iterable[str]) -> list[str]:
+    """Feature column names for these metrics, in the order windows emit them."""
+    return [f"{m}.{f}" for m in metrics for f in FEATURES]
