@@ -56,7 +56,8 @@ def _classify_decode_error(raw: bytes, exc: msgspec.DecodeError) -> tuple[str, s
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        return "unknown_encoding", f"record is not valid UTF-8 ({err.reason} at byte {err.start}); {_EXPECTED}"
+        where = f"{err.reason} at byte {err.start}"
+        return "unknown_encoding", f"record is not valid UTF-8 ({where}); {_EXPECTED}"
     if _NON_FINITE.search(raw):
         return "not_finite", "record contains NaN or Infinity, which JSON does not allow"
     return "malformed_json", f"record is not valid JSON: {exc}"

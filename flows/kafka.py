@@ -13,6 +13,8 @@ committed once its alerts are acknowledged by the broker, so a crash can re-send
 from __future__ import annotations
 
 import logging
+import time
+
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer
@@ -61,17 +63,56 @@ class _ReadingsPartition(StatefulSourcePartition[RawBatch, int]):
             "queued.max.messages.kbytes": 65536,
         })
         self._consumer.assign([KafkaTopicPartition(topic, partition, self._offset)])
+        self._end: int | None = None  # exit_at_end: stop at this offset
+        self._end_confirmed = False
+        self._end_deadline = 0.0
+        if settings.exit_at_end:
+            tp = KafkaTopicPartition(topic, partition)
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+            self._end = high
+            self._end_deadline = time.monotonic() + 5.0
+            if self._offset < 0:  # OFFSET_BEGINNING / OFFSET_END before the first message
+                self._offset = low if self._offset == OFFSET_BEGINNING else high
         self._topic = topic
         self._partition = partition
         self._batch_size = settings.consumer_batch_size
 
+    def _confirm_end(self) -> None:
+        """Take the end offset from a fetch response, not only from ListOffsets.
+
+        Some Kafka-protocol brokers (the tansu test broker) answer ListOffsets with a stale
+        high watermark; the one carried by fetch responses is right on every broker.
+        """
+        assert self._end is not None
+        tp = KafkaTopicPartition(self._topic, self._partition)
+        _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0:
+            self._end = max(self._end, high)
+            self._end_confirmed = True
+        elif time.monotonic() > self._end_deadline:
+            self._end_confirmed = True  # no fetch answer in time: trust ListOffsets
+
+    def _at_end(self) -> bool:
+        return self._end is not None and self._end_confirmed and self._offset >= self._end
+
     def next_batch(self) -> list[RawBatch]:
+        if self._at_end():
+            raise StopIteration
         msgs = self._consumer.consume(self._batch_size, 0.05)
+        if self._end is not None and not self._end_confirmed:
+            self._confirm_end()
         if not msgs:
+            if self._end is not None and self._end_confirmed:
+                tp = KafkaTopicPartition(self._topic, self._partition)
+                (pos,) = self._consumer.position([tp])
+                if pos.offset >= self._end:
+                    raise StopIteration
             return []
         offsets: list[int] = []
         values: list[bytes | None] = []
         for m in msgs:
+            if self._end_confirmed and self._end is not None and m.offset() >= self._end:
+                break
             err = m.error()
             if err is not None:
                 if err.fatal():

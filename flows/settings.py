@@ -54,7 +54,7 @@ def parse_brokers(text: str) -> tuple[str, ...]:
     return items
 
 
-def _doc(text: str, **kw: Any) -> Any:  # noqa: ANN401 - dataclass field factory
+def _doc(text: str, **kw: Any) -> Any:
     return field(metadata={"doc": text}, **kw)
 
 
@@ -80,6 +80,11 @@ class Settings:
     starting_offset: str = _doc(
         "Where to start reading a partition with no recovery state: `earliest` or `latest`.",
         default="earliest",
+    )
+    exit_at_end: bool = _doc(
+        "Stop once every readings partition is read up to the end offset it had at start, "
+        "closing all open windows first: for backfills, benchmarks and tests.",
+        default=False,
     )
     consumer_batch_size: int = _doc(
         "Most messages taken from one partition per poll; bigger batches amortise overhead.",
@@ -233,7 +238,8 @@ class Settings:
             p.append("VIGIL_MAX_FUTURE must be positive")
         if self.starting_offset not in ("earliest", "latest"):
             p.append(
-                f"VIGIL_STARTING_OFFSET must be 'earliest' or 'latest', got {self.starting_offset!r}"
+                "VIGIL_STARTING_OFFSET must be 'earliest' or 'latest', "
+                f"got {self.starting_offset!r}"
             )
         for name in (
             "consumer_batch_size", "state_shards", "zscore_history", "sim_sensors",
@@ -257,11 +263,15 @@ class Settings:
         if self.sim_anomaly_rate < 0:
             p.append("VIGIL_SIM_ANOMALY_RATE must not be negative")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            p.append(f"VIGIL_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+            p.append(
+                f"VIGIL_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )
         if self.kafka_security_protocol.lower() not in (
             "plaintext", "ssl", "sasl_plaintext", "sasl_ssl"
         ):
-            p.append("VIGIL_KAFKA_SECURITY_PROTOCOL must be plaintext, ssl, sasl_plaintext or sasl_ssl")
+            p.append(
+                "VIGIL_KAFKA_SECURITY_PROTOCOL must be plaintext, ssl, sasl_plaintext or sasl_ssl"
+            )
         topics = [self.readings_topic, self.alerts_topic, self.scores_topic, self.dead_letter_topic]
         if any(not t for t in topics):
             p.append("topic names must not be empty")
@@ -302,7 +312,7 @@ class Settings:
         return out
 
 
-def _parse(tp: Any, raw: str) -> Any:  # noqa: ANN401 - returns the field's own type
+def _parse(tp: Any, raw: str) -> Any:
     tp = str(tp)
     if tp == "str":
         return raw.strip()
@@ -334,7 +344,7 @@ def _parse(tp: Any, raw: str) -> Any:  # noqa: ANN401 - returns the field's own 
     raise TypeError(f"unsupported settings type {tp}")
 
 
-def _format(value: Any) -> str:  # noqa: ANN401
+def _format(value: Any) -> str:
     if isinstance(value, timedelta):
         secs = value.total_seconds()
         for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):

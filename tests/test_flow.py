@@ -6,7 +6,14 @@ import polars as pl
 import pytest
 from bytewax.testing import TestingSource
 from flowkit import (
-    FAST, T0, Collected, encode_all, init_recovery, run_flow, synthetic_readings, to_batches,
+    FAST,
+    T0,
+    Collected,
+    encode_all,
+    init_recovery,
+    run_flow,
+    synthetic_readings,
+    to_batches,
 )
 
 from flows.offline import compute_features
@@ -70,7 +77,7 @@ def test_readings_beyond_the_allowed_lateness_go_to_dead_letters_as_late():
     readings = synthetic_readings(sensors=1, seconds=120)
     late = Reading("s0", T0 + 100_000 - 6_000, {"temp": 1.0, "flow": 1.0})  # 6 s > 5 s
     on_time = Reading("s0", T0 + 100_000 - 4_000, {"temp": 1.0, "flow": 1.0})
-    records = encode_all(readings[:101] + [late, on_time] + readings[101:])
+    records = encode_all([*readings[:101], late, on_time, *readings[101:]])
     got = run_flow(to_batches(records, size=1000))
     assert [d.reason for d in got.dead] == ["late"]
     assert got.dead[0].sensor_id == "s0" and "VIGIL_ALLOWED_LATENESS" in got.dead[0].detail
@@ -90,7 +97,7 @@ def test_recovery_after_a_crash_gives_the_same_alerts_and_scores(tmp_path):
     batches = to_batches(encode_all(synthetic_readings()), size=400)
     clean = run_flow(batches)
     store = init_recovery(tmp_path / "rec")
-    items = batches[:8] + [TestingSource.ABORT()] + batches[8:]
+    items = [*batches[:8], TestingSource.ABORT(), *batches[8:]]
     got = Collected()
     run_flow(items, recovery_dir=store, into=got)  # stops at ABORT, like a crash
     assert 0 < len(got.scores) < len(clean.scores)

@@ -35,7 +35,8 @@ def test_the_same_incident_always_gets_the_same_alert_id():
     assert alert_id_for("a", t, ["zscore"]) == alert_id_for("a", t, ["zscore"])
     assert alert_id_for("a", t, ["x", "y"]) == alert_id_for("a", t, ["y", "x"])
     assert alert_id_for("a", t, ["zscore"]) != alert_id_for("b", t, ["zscore"])
-    assert alert_id_for("a", t, ["zscore"]) != alert_id_for("a", t + timedelta(seconds=1), ["zscore"])
+    later = t + timedelta(seconds=1)
+    assert alert_id_for("a", t, ["zscore"]) != alert_id_for("a", later, ["zscore"])
 
 
 def test_a_reading_round_trips_with_rfc3339_utc_time():

@@ -1,5 +1,6 @@
 """Event-time window features: correctness, lateness and recovery of one sensor's state."""
 
+import itertools
 import math
 import pickle
 import random
@@ -45,7 +46,7 @@ def test_window_features_match_numpy_on_the_same_readings():
 def test_windows_slide_by_the_hop_and_cover_the_length():
     wins = _run(_series(120))
     ends = [w.end_ms for w in wins]
-    assert all(b - a == SPEC.hop_ms for a, b in zip(ends, ends[1:], strict=False))
+    assert all(b - a == SPEC.hop_ms for a, b in itertools.pairwise(ends))
     assert all(w.end_ms - w.start_ms == SPEC.length_ms for w in wins)
     assert all(w.end_ms % SPEC.hop_ms == 0 for w in wins)
 
