@@ -23,6 +23,7 @@ numerically stable for large offsets such as pressures of 10^5 or epoch-second t
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -165,14 +166,14 @@ class SensorWindows:
         return out
 
     def _window(self, end_pane: int) -> ClosedWindow:
-        k = self.spec.panes
         hop = self.spec.hop_ms
         hop_s = hop / 1000.0
-        first = end_pane - k
+        first = end_pane - self.spec.panes
         merged: dict[str, list[float]] = {}
         readings = 0
+        panes = self.panes
         for p in range(first, end_pane):
-            pane = self.panes.get(p)
+            pane = panes.get(p)
             if pane is None:
                 continue
             readings += self._readings[p]
@@ -181,8 +182,12 @@ class SensorWindows:
                 n, sv, st = s[0], s[1], s[3]
                 m = merged.get(metric)
                 if m is None:
-                    merged[metric] = m = [0, 0.0, 0.0, 0.0, 0.0, 0.0, math.inf, -math.inf,
-                                          -math.inf, 0.0]
+                    # first pane of this metric: copy, shifting times by d
+                    merged[metric] = [
+                        n, sv, s[2], st + n * d, s[4] + 2 * d * st + n * d * d,
+                        s[5] + d * sv, s[6], s[7], s[8] + d, s[9],
+                    ]
+                    continue
                 m[0] += n
                 m[1] += sv
                 m[2] += s[2]
@@ -197,44 +202,80 @@ class SensorWindows:
                     m[8] = s[8] + d
                     m[9] = s[9]
         features: dict[str, float] = {}
+        refs = self.refs
         for metric, m in merged.items():
-            features.update(_features(metric, m, self.refs[metric]))
+            features.update(zip(_names(metric), _features(m, refs[metric]), strict=True))
         return ClosedWindow(first * hop, end_pane * hop, features, readings)
 
     # -- recovery ----------------------------------------------------------------------------
     def snapshot(self) -> tuple:
-        """Plain, picklable, immutable-by-copy state."""
-        return (
-            self.max_ts,
-            self.next_close,
-            dict(self.refs),
-            {p: {m: list(s) for m, s in pane.items()} for p, pane in self.panes.items()},
-            dict(self._readings),
-        )
+        """Compact, immutable state: pane stats packed as float64 bytes per pane.
+
+        Packing keeps a snapshot of 10,000 sensors to a few thousand bytes objects instead of
+        hundreds of thousands of small lists, which is what makes pickling it cheap.
+        """
+        metrics = tuple(self.refs)
+        packed = []
+        for p, pane in self.panes.items():
+            flat = array("d")
+            for metric in metrics:
+                s = pane.get(metric)
+                flat.extend(s if s is not None else _EMPTY)
+            packed.append((p, self._readings[p], flat.tobytes()))
+        return (self.max_ts, self.next_close, metrics, tuple(self.refs.values()), tuple(packed))
 
     @classmethod
     def restore(cls, spec: WindowSpec, state: tuple) -> SensorWindows:
         """Rebuild from ``snapshot()`` output."""
         w = cls(spec)
-        w.max_ts, w.next_close, w.refs, w.panes, w._readings = state
+        w.max_ts, w.next_close, metrics, refs, packed = state
+        w.refs = dict(zip(metrics, refs, strict=True))
+        for p, readings, blob in packed:
+            flat = array("d")
+            flat.frombytes(blob)
+            values = flat.tolist()
+            pane: dict[str, list[float]] = {}
+            for j, metric in enumerate(metrics):
+                stats = values[j * 10 : j * 10 + 10]
+                if stats[_N]:
+                    stats[_N] = int(stats[_N])
+                    pane[metric] = stats
+            w.panes[p] = pane
+            w._readings[p] = readings
         return w
 
 
-def _features(metric: str, m: list[float], ref: float) -> Iterable[tuple[str, float]]:
+_EMPTY = (0.0,) * 10  # a metric absent from a pane
+
+
+_NAME_CACHE: dict[str, tuple[str, ...]] = {}
+
+
+def _names(metric: str) -> tuple[str, ...]:
+    names = _NAME_CACHE.get(metric)
+    if names is None:
+        if len(_NAME_CACHE) > 100_000:  # metric names come from input: bound the cache
+            _NAME_CACHE.clear()
+        names = _NAME_CACHE[metric] = tuple(f"{metric}.{f}" for f in FEATURES)
+    return names
+
+
+def _features(m: list[float], ref: float) -> tuple[float, ...]:
+    """mean, std, min, max, last, slope, count from merged shifted sums (order of FEATURES)."""
     n = m[_N]
     mean_v = m[_SV] / n
-    var = max(m[_SVV] / n - mean_v * mean_v, 0.0)
+    var = m[_SVV] / n - mean_v * mean_v
     denom = n * m[_STT] - m[_ST] * m[_ST]
     # Slope is 0 when all readings share one timestamp (or there is a single reading).
     slope = (n * m[_STV] - m[_ST] * m[_SV]) / denom if denom > 1e-12 * n * n else 0.0
     return (
-        (f"{metric}.mean", ref + mean_v),
-        (f"{metric}.std", math.sqrt(var)),
-        (f"{metric}.min", ref + m[_MIN]),
-        (f"{metric}.max", ref + m[_MAX]),
-        (f"{metric}.last", ref + m[_LV]),
-        (f"{metric}.slope", slope),
-        (f"{metric}.count", float(n)),
+        ref + mean_v,
+        math.sqrt(var) if var > 0.0 else 0.0,
+        ref + m[_MIN],
+        ref + m[_MAX],
+        ref + m[_LV],
+        slope,
+        float(n),
     )
 
 

@@ -1,0 +1,130 @@
+"""How big is per-sensor state, and what does a recovery snapshot of it cost?
+
+Runs the flow's real stateful stages (``FeatureStage`` and ``ScoreStage``, split into
+``--shards`` shards exactly as the dataflow splits them) over the simulated fleet until
+windows and detector history are in steady state, then measures, per stage: snapshot bytes
+per sensor, the time to snapshot every shard (what Bytewax does at each epoch when all
+sensors were active) and the time to restore. Bytewax adds its own framing and a SQLite
+write on top; this isolates what Vigil controls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import timedelta
+
+from tqdm import tqdm
+
+from detectors.policy import AlertPolicy
+from detectors.zscore import RobustZScore
+from flows.settings import Settings, parse_duration
+from flows.simulator import DEFAULT_METRICS, Fleet
+from flows.stages import FeatureStage, ScoreStage, group_by_shard
+from flows.windows import WindowSpec
+
+
+def measure(
+    sensors: int, metrics: int, minutes: float, shards: int, settings: Settings,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Feed ``minutes`` of simulated time for ``sensors`` sensors; return the figures."""
+    extra = [f"m{i}" for i in range(len(DEFAULT_METRICS), metrics)]
+    names = list(DEFAULT_METRICS[:metrics]) + extra
+    fleet = Fleet(sensors=sensors, metrics=names, seed=1, interval=settings.sim_interval)
+    spec = WindowSpec(
+        round(settings.window_length.total_seconds() * 1000),
+        round(settings.window_hop.total_seconds() * 1000),
+        round(settings.allowed_lateness.total_seconds() * 1000),
+    )
+    feats: dict[str, FeatureStage] = {}
+    scorers: dict[str, ScoreStage] = {}
+
+    def scorer() -> ScoreStage:
+        det = RobustZScore(
+            settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup
+        )
+        return ScoreStage(det, AlertPolicy(det.threshold, settings.alert_resolve_after))
+
+    ticks = int(minutes * 60 / settings.sim_interval.total_seconds())
+    readings = 0
+    busy = 0.0
+    for i in tqdm(range(ticks), desc="simulated ticks", disable=not progress, unit="tick"):
+        batch = fleet.tick(i)
+        readings += len(batch)
+        t0 = time.perf_counter()
+        for shard, rs in group_by_shard(batch, shards):
+            out = feats.setdefault(shard, FeatureStage(spec)).process([rs])
+            if out.windows:
+                scorers.setdefault(shard, scorer()).process(out.windows)
+        busy += time.perf_counter() - t0
+
+    result: dict[str, float] = {
+        "sensors": sensors, "metrics": metrics, "shards": shards, "readings": readings,
+        "stage_us_per_reading": busy / readings * 1e6,
+    }
+    for name, stages in (("features", feats), ("scores", scorers)):
+        times, blobs = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            blobs = [s.snapshot() for s in stages.values()]
+            times.append(time.perf_counter() - t0)
+        size = sum(len(b) for b in blobs)
+        t0 = time.perf_counter()
+        if name == "features":
+            for b in blobs:
+                FeatureStage.restore(spec, b)
+        else:
+            for b in blobs:
+                scorer().restore(b)
+        restore = time.perf_counter() - t0
+        result[f"{name}_bytes_per_sensor"] = size / sensors
+        result[f"{name}_snapshot_mib"] = size / 2**20
+        result[f"{name}_snapshot_s"] = statistics.median(times)
+        result[f"{name}_restore_s"] = restore
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench.state_size", description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--sensors", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--metrics", type=int, default=4, help="metrics per sensor (default 4)")
+    p.add_argument("--minutes", type=float, default=70.0,
+                   help="simulated minutes fed (default 70: fills 5m windows and 60 windows "
+                        "of z-score history at a 1m hop)")
+    p.add_argument("--interval", default="10s", help="simulated reading interval (default 10s)")
+    p.add_argument("--shards", type=int, default=64)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    settings = Settings(sim_interval=parse_duration(args.interval))
+    assert settings.window_hop == timedelta(minutes=1)
+    rows = [
+        measure(n, args.metrics, args.minutes, args.shards, settings, not args.no_progress)
+        for n in args.sensors
+    ]
+    cols = [
+        ("sensors", "{:.0f}"), ("readings", "{:.0f}"), ("stage_us_per_reading", "{:.2f}"),
+        ("features_bytes_per_sensor", "{:.0f}"), ("scores_bytes_per_sensor", "{:.0f}"),
+        ("features_snapshot_mib", "{:.2f}"), ("scores_snapshot_mib", "{:.2f}"),
+        ("features_snapshot_s", "{:.3f}"), ("scores_snapshot_s", "{:.3f}"),
+        ("features_restore_s", "{:.3f}"), ("scores_restore_s", "{:.3f}"),
+    ]
+    print("| " + " | ".join(c for c, _ in cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f.format(r[c]) for c, f in cols) + " |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
