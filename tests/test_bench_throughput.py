@@ -1,0 +1,81 @@
+"""bench.throughput: a small end-to-end run adds up, and its timing maths excludes start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from integration import ROOT
+
+from bench.throughput import _next_poll, _Sample, _span
+
+
+def _s(t: float, count: int, cpu: float = 0.0) -> _Sample:
+    return _Sample(t, count, cpu, None, 0.0)
+
+
+def test_help_lists_every_option() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    for option in ("--readings", "--sensors", "--metrics", "--partitions", "--workers",
+                   "--processes", "--batch-size", "--recovery", "--snapshot-interval",
+                   "--repeat", "--brokers", "--json"):
+        assert option in out.stdout
+
+
+def test_span_starts_at_the_first_poll_that_saw_readings_and_interpolates_the_end() -> None:
+    # start-up until t=2 (counter 0), then 1000 readings/s; the counter hits 4000 at t=6.5
+    samples = [_s(0.0, 0), _s(1.0, 0), _s(2.5, 500, 1.0), _s(4.5, 2500, 3.0),
+               _s(6.5, 4000, 4.5), _s(7.0, 4000, 5.0)]
+    first, end = _span(samples, 4000, t_exit=7.2)
+    assert first.t == 2.5 and first.count == 500
+    assert end.t == pytest.approx(6.5) and end.count == 4000
+    assert (end.count - first.count) / (end.t - first.t) == pytest.approx(875.0)
+    assert end.flow_cpu == pytest.approx(4.5)
+
+
+def test_span_of_a_run_that_ended_between_two_polls_ends_at_the_exit() -> None:
+    samples = [_s(0.0, 0), _s(0.1, 0), _s(0.2, 600)]
+    first, end = _span(samples, 1000, t_exit=0.3)
+    assert (first.t, first.count) == (0.1, 0)  # lower bound, so the rate can only be lower
+    assert (end.t, end.count) == (0.3, 1000)
+
+
+def test_polls_are_sparse_only_while_no_time_needs_catching() -> None:
+    assert _next_poll([_s(0, 0)], 1000, 0.1, 1.0) == 0.1  # waiting for the first reading
+    assert _next_poll([_s(0, 0), _s(1, 10)], 1000, 0.1, 1.0) == 0.1  # no rate yet
+    mid = [_s(0, 0), _s(1, 10), _s(2, 110)]  # 100/s, 8.9 s to go
+    assert _next_poll(mid, 1000, 0.1, 1.0) == 1.0
+    near = [_s(0, 0), _s(1, 10), _s(10, 910)]  # 0.9 s to go
+    assert _next_poll(near, 1000, 0.1, 1.0) == 0.1
+    assert _next_poll([*near, _s(11, 1000)], 1000, 0.1, 1.0) == 0.1  # waiting for the exit
+
+
+@pytest.mark.integration
+def test_a_small_benchmark_run_reports_rates_and_consistent_counts(broker, tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", "--readings", "20000", "--sensors", "200",
+         "--brokers", broker.bootstrap, "--json", str(out), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    (res,) = report["runs"]
+    assert report["config"]["readings"] == 20000 and report["produce"]["failed"] == 0
+    assert res["readings_per_s"] > 0 and res["e2e_readings_per_s"] > 0
+    assert res["readings_per_s"] >= res["e2e_readings_per_s"]
+    assert res["flow_cpu_s"] > 0 and res["flow_peak_rss_mib"] > 0
+    assert res["scores"] > 0
+    assert res["dead_letters"] == 0 and res["dead_letter_reasons"] == {}
+    # 5m windows hopping by 1m: every reading is in five scored windows
+    assert res["scored_readings"] == 5 * 20000
+    assert res["consistent"] and report["consistent"]
+    assert report["readings_per_s"] == res["readings_per_s"]
+    assert report["versions"]["bytewax"] and "commit" in report
+    assert "readings/s" in run.stdout
