@@ -10,7 +10,8 @@ Contract
   dead-letters it. A window ``[start, end)`` is emitted once the watermark reaches ``end``,
   so every reading the window will ever accept is in it when it is computed: out-of-order
   input within the allowed lateness gives the same features as in-order input.
-* Windows that contain no reading are not emitted (a silent sensor produces nothing).
+* Windows that contain no reading are not emitted (a silent sensor produces nothing). At the
+  end of a finite input, ``flush`` closes windows up to the end of the newest pane only.
 * Per metric the features are ``FEATURES``: mean, std (population), min, max, last (value at
   the newest timestamp), slope (least-squares, units per second) and count.
 
@@ -142,10 +143,15 @@ class SensorWindows:
         return self._close(close_upto)
 
     def flush(self) -> list[ClosedWindow]:
-        """Emit every window that holds data, as if time had moved far ahead (end of input)."""
+        """End of input: emit the windows that end by the end of the newest pane.
+
+        Windows reaching past the newest reading are not emitted: in a stream they would
+        fill up later, and scoring them half-empty at the end of a replay would only
+        produce false alarms.
+        """
         if not self.panes:
             return []
-        return self._close(max(self.panes) + self.spec.panes)
+        return self._close(max(self.panes) + 1)
 
     def _close(self, close_upto: int) -> list[ClosedWindow]:
         if close_upto <= self.next_close:

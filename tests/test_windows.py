@@ -144,3 +144,11 @@ def test_feature_names_follow_metric_then_feature_order():
 def test_window_spec_rejects_a_length_that_is_not_a_multiple_of_the_hop():
     with pytest.raises(ValueError, match="multiple"):
         WindowSpec(65_000, 10_000, 0)
+
+
+def test_end_of_input_flush_emits_no_window_reaching_past_the_newest_reading():
+    rows = _series(100)  # 100 s of 1 Hz data
+    wins = _run(rows)
+    newest = rows[-1][0]
+    assert wins[-1].end_ms == (newest // SPEC.hop_ms + 1) * SPEC.hop_ms
+    assert all(w.end_ms <= wins[-1].end_ms for w in wins)
