@@ -61,13 +61,13 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from bench.broker import ExternalBroker, TestBroker, free_port, read_all
+from flows.cli import positive_duration_text, positive_float, positive_int
 from flows.schemas import encoder
 from flows.settings import Settings, SettingsError, parse_brokers, parse_duration
 from flows.simulator import DEFAULT_METRICS, DEFAULT_START, Fleet
@@ -651,35 +651,6 @@ def versions() -> dict[str, str]:
 
 
 # --- command line ----------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _duration(text: str) -> str:
-    try:
-        if parse_duration(text) <= timedelta(0):
-            raise ValueError(f"{text!r} must be positive")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     """The ``python -m bench.throughput`` argument parser."""
     p = argparse.ArgumentParser(
@@ -703,36 +674,36 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = p.add_argument_group("data")
-    d.add_argument("--readings", type=_positive_int, default=500_000, metavar="N",
+    d.add_argument("--readings", type=positive_int, default=500_000, metavar="N",
                    help="readings to preload and process (default 500000)")
-    d.add_argument("--sensors", type=_positive_int, default=10_000,
+    d.add_argument("--sensors", type=positive_int, default=10_000,
                    help="simulated sensors (default 10000)")
-    d.add_argument("--metrics", type=_positive_int, default=4, metavar="M",
+    d.add_argument("--metrics", type=positive_int, default=4, metavar="M",
                    help="metrics per reading: the simulator's defaults, then generated names "
                         "(default 4)")
     d.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
-    d.add_argument("--interval", type=_duration, default="10s", metavar="DURATION",
+    d.add_argument("--interval", type=positive_duration_text, default="10s", metavar="DURATION",
                    help="event time between two readings of one sensor (default 10s)")
     d.add_argument("--anomaly-rate", type=float, default=6.0, metavar="R",
                    help="injected anomalies per sensor per simulated day (default 6)")
-    d.add_argument("--partitions", type=_positive_int, default=1,
+    d.add_argument("--partitions", type=positive_int, default=1,
                    help="partitions of the readings topic (default 1)")
     f = p.add_argument_group("flow")
-    f.add_argument("--window", type=_duration, default="5m", metavar="DURATION",
+    f.add_argument("--window", type=positive_duration_text, default="5m", metavar="DURATION",
                    help="VIGIL_WINDOW_LENGTH (default 5m)")
-    f.add_argument("--hop", type=_duration, default="1m", metavar="DURATION",
+    f.add_argument("--hop", type=positive_duration_text, default="1m", metavar="DURATION",
                    help="VIGIL_WINDOW_HOP (default 1m)")
-    f.add_argument("--workers", type=_positive_int, default=1,
+    f.add_argument("--workers", type=positive_int, default=1,
                    help="Bytewax workers per process, `-w` (default 1)")
-    f.add_argument("--processes", type=_positive_int, default=1,
+    f.add_argument("--processes", type=positive_int, default=1,
                    help="flow processes, started with `-i`/`-a` on free local ports (default 1)")
-    f.add_argument("--batch-size", type=_positive_int, metavar="N",
+    f.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="VIGIL_CONSUMER_BATCH_SIZE (default: the flow's own, 5000)")
-    f.add_argument("--shards", type=_positive_int, metavar="N",
+    f.add_argument("--shards", type=positive_int, metavar="N",
                    help="VIGIL_STATE_SHARDS (default: the flow's own, 64)")
     f.add_argument("--recovery", action="store_true",
                    help="run with a fresh recovery store: `-r DIR -s SNAPSHOT -b 0`")
-    f.add_argument("--snapshot-interval", type=_positive_float, default=10.0, metavar="S",
+    f.add_argument("--snapshot-interval", type=positive_float, default=10.0, metavar="S",
                    help="seconds between recovery snapshots with --recovery (default 10)")
     f.add_argument("--flow-prefix", default="", metavar="CMD",
                    help="command put before the flow's python, e.g. a profiler "
@@ -741,16 +712,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--brokers", metavar="HOST:PORT",
                    help="use this running broker (Redpanda, Kafka) instead of starting tansu "
                         "(default: VIGIL_TEST_BROKERS if set)")
-    r.add_argument("--repeat", type=_positive_int, default=1, metavar="K",
+    r.add_argument("--repeat", type=positive_int, default=1, metavar="K",
                    help="run the flow K times over the same preloaded topic (default 1)")
-    r.add_argument("--poll-interval", type=_positive_float, default=POLL_S, metavar="S",
+    r.add_argument("--poll-interval", type=positive_float, default=POLL_S, metavar="S",
                    help="seconds between two scrapes of the flow's /metrics while waiting for "
                         "the first reading and for the last (default 0.1)")
-    r.add_argument("--mid-poll-interval", type=_positive_float, default=MID_POLL_S,
+    r.add_argument("--mid-poll-interval", type=positive_float, default=MID_POLL_S,
                    metavar="S",
                    help="seconds between two scrapes in the middle of the run: every scrape "
                         "costs the flow CPU, so fewer disturb it less (default 1)")
-    r.add_argument("--timeout", type=_positive_float, default=900.0, metavar="S",
+    r.add_argument("--timeout", type=positive_float, default=900.0, metavar="S",
                    help="give up on one flow run after S seconds (default 900)")
     r.add_argument("--json", type=Path, metavar="OUT.json", help="write every figure as JSON")
     r.add_argument("--log-dir", type=Path, metavar="DIR",

@@ -40,6 +40,7 @@ import polars as pl
 from confluent_kafka import KafkaException, Producer
 from tqdm import tqdm
 
+from flows.cli import non_negative_float, positive_int, utc_time
 from flows.schemas import Reading, encoder
 from flows.settings import Settings, SettingsError, parse_brokers
 
@@ -544,32 +545,11 @@ def _parse_shift(text: str, tz: str) -> datetime:
     if text.strip().lower() == "now":
         return datetime.now(UTC)
     try:
-        ts = datetime.fromisoformat(text.strip())
-    except ValueError:
+        return utc_time(text, ZoneInfo(tz))
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"--shift-to {text!r}: expected 'now' or a timestamp like 2024-05-01T12:00:00Z"
         ) from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=ZoneInfo(tz))
-
-
-def _non_negative(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if x < 0 or not math.isfinite(x):
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or a positive number")
-    return x
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -594,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--speed",
-        type=_non_negative,
+        type=non_negative_float,
         default=0.0,
         metavar="X",
         help="replay at X times real time (event-time gaps divided by X); 0 = as fast as "
@@ -603,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--brokers", help="bootstrap servers host:port,... (default: VIGIL_BROKERS)")
     ap.add_argument("--topic", help="topic to produce to (default: VIGIL_READINGS_TOPIC)")
     ap.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="send at most N readings of each file"
+        "--limit", type=positive_int, metavar="N", help="send at most N readings of each file"
     )
     ap.add_argument(
         "--shift-to",

@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
+from flows.cli import non_negative_float, non_negative_int, positive_duration, utc_time
 from flows.schemas import Reading, encoder
-from flows.settings import Settings, SettingsError, parse_brokers, parse_duration
+from flows.settings import Settings, SettingsError, parse_brokers
 
 if TYPE_CHECKING:
     import polars as pl
@@ -526,44 +527,11 @@ class _KafkaSink:
         return self.failed + left
 
 
-def _parse_start(text: str) -> datetime:
-    try:
-        ts = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time, e.g. 2024-01-01T00:00:00Z"
-        ) from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
 def _parse_metrics(text: str) -> tuple[str, ...]:
     metrics = tuple(m.strip() for m in text.split(",") if m.strip())
     if not metrics or len(set(metrics)) != len(metrics):
         raise argparse.ArgumentTypeError(f"{text!r}: give distinct comma-separated names")
     return metrics
-
-
-def _parse_interval(text: str) -> timedelta:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= timedelta(0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
-def _non_negative(kind: type[int] | type[float]) -> Any:
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-        return value
-
-    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -592,25 +560,25 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics", type=_parse_metrics, default=DEFAULT_METRICS, metavar="A,B,C",
         help=f"comma-separated metric names (default {','.join(DEFAULT_METRICS)})",
     )
-    g.add_argument("--seed", type=_non_negative(int), default=7, help="random seed (default 7)")
+    g.add_argument("--seed", type=non_negative_int, default=7, help="random seed (default 7)")
     g.add_argument(
-        "--interval", type=_parse_interval, default=timedelta(seconds=10), metavar="DURATION",
+        "--interval", type=positive_duration, default=timedelta(seconds=10), metavar="DURATION",
         help="event-time spacing of one sensor's readings, e.g. 1s, 10s, 1m (default 10s)",
     )
     g.add_argument(
-        "--anomaly-rate", type=_non_negative(float), default=6.0, metavar="R",
+        "--anomaly-rate", type=non_negative_float, default=6.0, metavar="R",
         help="expected injected anomalies per sensor per simulated day (default 6)",
     )
     g.add_argument(
-        "--start", type=_parse_start, default=DEFAULT_START, metavar="ISO",
+        "--start", type=utc_time, default=DEFAULT_START, metavar="ISO",
         help="event time of the first tick; no offset means UTC (default 2024-01-01T00:00:00Z)",
     )
     span = p.add_argument_group("how much").add_mutually_exclusive_group()
     span.add_argument(
-        "--duration", type=_parse_interval, metavar="DURATION",
+        "--duration", type=positive_duration, metavar="DURATION",
         help="simulated time to generate, e.g. 1h, 2d",
     )
-    span.add_argument("--ticks", type=_non_negative(int), metavar="N",
+    span.add_argument("--ticks", type=non_negative_int, metavar="N",
                       help="number of ticks (one reading per sensor each) to generate")
     o = p.add_argument_group("file output")
     o.add_argument("--out", type=Path, metavar="FILE", help="write FILE.parquet or FILE.csv")
@@ -622,7 +590,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="bootstrap servers (default: VIGIL_BROKERS)")
     k.add_argument("--topic", help="topic to produce to (default: VIGIL_READINGS_TOPIC)")
     k.add_argument(
-        "--rate", type=_non_negative(float), default=0.0, metavar="R",
+        "--rate", type=non_negative_float, default=0.0, metavar="R",
         help="readings per wall-clock second; 0 = as fast as possible (default 0)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
