@@ -71,6 +71,8 @@ from flows.cli import positive_duration_text, positive_float, positive_int
 from flows.schemas import encoder
 from flows.settings import Settings, SettingsError, parse_brokers, parse_duration
 from flows.simulator import DEFAULT_METRICS, DEFAULT_START, Fleet
+from flows.stages import FeatureStage
+from flows.windows import WindowSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.1
@@ -195,6 +197,7 @@ class _Config:
     progress: bool = True
     poll_s: float = POLL_S
     mid_poll_s: float = MID_POLL_S
+    expected: tuple[int, int] = (0, 0)  # (scores, readings summed over scored windows)
 
 
 # --- /proc helpers ---------------------------------------------------------------------------
@@ -419,6 +422,30 @@ def _next_poll(samples: list[_Sample], n: int, fast: float, slow: float) -> floa
     return fast if (n - last.count) / rate < 2 * slow else slow
 
 
+def expected_windows(fleet: Fleet, n: int, window: str, hop: str) -> tuple[int, int]:
+    """(windows, readings summed over windows) the flow must score for the preloaded data.
+
+    Computed by the flow's own ``FeatureStage`` over the same readings in the same per-sensor
+    order, so the check follows whatever the window rules are instead of restating them.
+    """
+    lateness = Settings().allowed_lateness
+    stage = FeatureStage(WindowSpec(
+        round(parse_duration(window).total_seconds() * 1000),
+        round(parse_duration(hop).total_seconds() * 1000),
+        round(lateness.total_seconds() * 1000),
+    ))
+    windows = readings = sent = tick = 0
+    while sent < n:
+        batch = fleet.tick(tick)[: n - sent]
+        out = stage.process([batch])
+        windows += len(out.windows)
+        readings += sum(w.readings for _, w in out.windows)
+        sent += len(batch)
+        tick += 1
+    out = stage.flush()
+    return windows + len(out.windows), readings + sum(w.readings for _, w in out.windows)
+
+
 def run_flow(
     cfg: _Config, broker: TestBroker | ExternalBroker, run: int, broker_pid: int | None
 ) -> RunResult:
@@ -526,8 +553,6 @@ def run_flow(
     )
 
     counts = count_outputs(cfg, topics)
-    panes = round(parse_duration(cfg.window) / parse_duration(cfg.hop))
-    accepted = n - counts["dead"]
     result = RunResult(
         run=run,
         exit_codes=[p.exit_code or 0 for p in procs],
@@ -555,7 +580,8 @@ def run_flow(
         dead_letters=counts["dead"],
         dead_letter_reasons=counts["reasons"],
         consistent=(counted == n or end_from_exit)
-        and counts["scored_readings"] == panes * accepted,
+        and counts["dead"] == 0
+        and (counts["scores"], counts["scored_readings"]) == cfg.expected,
         polls=len(samples),
         end_from_exit=end_from_exit,
         log=str(log_path) if cfg.log_dir else None,
@@ -791,6 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flow_prefix=shlex.split(args.flow_prefix), log_dir=args.log_dir,
             timeout=args.timeout, progress=progress, poll_s=args.poll_interval,
             mid_poll_s=args.mid_poll_interval,
+            expected=expected_windows(fleet, produced.readings, args.window, args.hop),
         )
         runs: list[RunResult] = []
         for k in range(1, args.repeat + 1):
@@ -819,6 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "flow_prefix": args.flow_prefix or None, "repeat": args.repeat,
         "poll_interval": args.poll_interval, "mid_poll_interval": args.mid_poll_interval,
         "broker": "external" if brokers else "tansu", "cpus": os.cpu_count(),
+        "expected_scores": cfg.expected[0], "expected_scored_readings": cfg.expected[1],
     }
     report = {
         "config": config, "produce": asdict(produced), "runs": [asdict(r) for r in runs],

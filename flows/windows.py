@@ -10,6 +10,8 @@ Contract
   dead-letters it. A window ``[start, end)`` is emitted once the watermark reaches ``end``,
   so every reading the window will ever accept is in it when it is computed: out-of-order
   input within the allowed lateness gives the same features as in-order input.
+* A sensor's first windows, which would start before its first reading, are not emitted:
+  they are partial by construction and would teach detectors a false normal.
 * Windows that contain no reading are not emitted (a silent sensor produces nothing). At the
   end of a finite input, ``flush`` closes windows up to the end of the newest pane only.
 * Per metric the features are ``FEATURES``: mean, std (population), min, max, last (value at
@@ -78,12 +80,13 @@ class ClosedWindow:
 class SensorWindows:
     """Sliding-window aggregates of one sensor; feed readings in arrival order."""
 
-    __slots__ = ("_readings", "max_ts", "next_close", "panes", "refs", "spec")
+    __slots__ = ("_readings", "first_pane", "max_ts", "next_close", "panes", "refs", "spec")
 
     def __init__(self, spec: WindowSpec) -> None:
         self.spec = spec
         self.max_ts: int | None = None  # newest event time seen (ms)
         self.next_close: int = 0  # panes with index < next_close are closed
+        self.first_pane: int = 0  # pane of the sensor's first reading
         self.refs: dict[str, float] = {}  # per-metric value offset for stable sums
         self.panes: dict[int, dict[str, list[float]]] = {}
         self._readings: dict[int, int] = {}  # readings per pane (a reading may miss metrics)
@@ -96,6 +99,7 @@ class SensorWindows:
         if max_ts is None:
             self.max_ts = max_ts = ts_ms
             self.next_close = (ts_ms - spec.lateness_ms) // spec.hop_ms
+            self.first_pane = ts_ms // spec.hop_ms
         elif ts_ms < max_ts - spec.lateness_ms:
             return False
         elif ts_ms > max_ts:
@@ -159,8 +163,11 @@ class SensorWindows:
         k = self.spec.panes
         # Window ends (in panes) that contain at least one non-empty pane and are now due.
         ends: set[int] = set()
+        # A window starting before the sensor's first pane would be partial by construction
+        # (the sensor did not exist yet): skip it rather than teach detectors a false normal.
+        first_end = self.first_pane + k
         for p in self.panes:
-            lo = max(p + 1, self.next_close + 1)
+            lo = max(p + 1, self.next_close + 1, first_end)
             hi = min(p + k, close_upto)
             ends.update(range(lo, hi + 1))
         out = [self._window(e) for e in sorted(ends)]
@@ -228,13 +235,16 @@ class SensorWindows:
                 s = pane.get(metric)
                 flat.extend(s if s is not None else _EMPTY)
             packed.append((p, self._readings[p], flat.tobytes()))
-        return (self.max_ts, self.next_close, metrics, tuple(self.refs.values()), tuple(packed))
+        return (
+            self.max_ts, self.next_close, self.first_pane, metrics, tuple(self.refs.values()),
+            tuple(packed),
+        )
 
     @classmethod
     def restore(cls, spec: WindowSpec, state: tuple) -> SensorWindows:
         """Rebuild from ``snapshot()`` output."""
         w = cls(spec)
-        w.max_ts, w.next_close, metrics, refs, packed = state
+        w.max_ts, w.next_close, w.first_pane, metrics, refs, packed = state
         w.refs = dict(zip(metrics, refs, strict=True))
         for p, readings, blob in packed:
             flat = array("d")

@@ -55,12 +55,19 @@ def test_a_window_is_emitted_only_after_the_watermark_passes_its_end():
     w = SensorWindows(SPEC)
     w.add(T0, {"x": 1.0})
     assert w.close_ready() == []
-    # newest - lateness must reach the end of the first pane before anything closes
-    first_end = (T0 // SPEC.hop_ms + 1) * SPEC.hop_ms
+    # the first window starts at the first reading's pane and is SPEC.panes long
+    first_end = (T0 // SPEC.hop_ms + SPEC.panes) * SPEC.hop_ms
     w.add(first_end + SPEC.lateness_ms - 1, {"x": 1.0})
     assert w.close_ready() == []
     w.add(first_end + SPEC.lateness_ms, {"x": 1.0})
     assert [x.end_ms for x in w.close_ready()] == [first_end]
+
+
+def test_a_new_sensor_emits_no_window_that_starts_before_its_first_reading():
+    wins = _run(_series(200))
+    first_pane_start = T0 // SPEC.hop_ms * SPEC.hop_ms
+    assert wins[0].start_ms == first_pane_start
+    assert all(w.start_ms >= first_pane_start for w in wins)
 
 
 def test_out_of_order_readings_within_lateness_give_the_same_features_as_in_order():
@@ -100,7 +107,8 @@ def test_gaps_longer_than_a_window_emit_no_empty_windows():
     w.add(T0 + 3_600_000, {"x": 2.0})  # an hour later
     wins = w.close_ready()
     assert wins and all(x.readings >= 1 for x in wins)
-    assert len(wins) == SPEC.panes  # the windows holding the first reading only
+    # only the window that starts at the first reading's pane holds it
+    assert [x.start_ms for x in wins] == [T0 // SPEC.hop_ms * SPEC.hop_ms]
 
 
 def test_snapshot_and_restore_continue_exactly_like_the_original():
