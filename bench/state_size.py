@@ -47,7 +47,7 @@ def measure(
         det = RobustZScore(
             settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup
         )
-        return ScoreStage(det, AlertPolicy(det.threshold, settings.alert_resolve_after))
+        return ScoreStage([det], AlertPolicy(ScoreStage.THRESHOLD, settings.alert_resolve_after))
 
     ticks = int(minutes * 60 / settings.sim_interval.total_seconds())
     readings = 0

@@ -19,7 +19,7 @@ from pathlib import Path
 DEFAULT_REGISTRY = Path(__file__).resolve().parent / "default_model"
 
 SIMULATE = [
-    "-m", "flows.simulator", "--sensors", "20", "--anomaly-rate", "0", "--seed", "101",
+    "-m", "flows.simulator", "--sensors", "20", "--anomaly-rate", "0", "--seed", "7",
     "--interval", "10s", "--duration", "2d", "--quiet",
 ]
 TRAIN = [

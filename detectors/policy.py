@@ -27,6 +27,7 @@ class Incident:
     contributors: tuple[Contributor, ...]
     windows: int
     normal_streak: int = 0
+    fired: tuple[str, ...] = ()
 
 
 class AlertPolicy:
@@ -50,15 +51,20 @@ class AlertPolicy:
         return "critical" if score >= self.critical_ratio * self.threshold else "warning"
 
     def update(
-        self, sensor_id: str, start: datetime, end: datetime, verdict: Verdict, model_version: str
+        self, sensor_id: str, start: datetime, end: datetime, verdict: Verdict,
+        model_version: str, fired: tuple[str, ...] = (),
     ) -> Alert | None:
-        """Advance the sensor's incident with one window; return an alert to emit, if any."""
+        """Advance the sensor's incident with one window; return an alert to emit, if any.
+
+        ``fired`` names the detectors that found this window anomalous (default: all).
+        """
         inc = self.open.get(sensor_id)
+        fired = fired or tuple(self.detectors)
         if verdict.anomalous:
             if inc is None:
                 inc = Incident(
                     alert_id_for(sensor_id, start, self.detectors),
-                    start, end, verdict.score, tuple(verdict.contributors), 1,
+                    start, end, verdict.score, tuple(verdict.contributors), 1, fired=fired,
                 )
                 self.open[sensor_id] = inc
                 return self._alert(sensor_id, inc, "open", model_version)
@@ -70,6 +76,7 @@ class AlertPolicy:
                 contributors=tuple(verdict.contributors) if peak else inc.contributors,
                 windows=inc.windows + 1,
                 normal_streak=0,
+                fired=tuple(dict.fromkeys(inc.fired + fired)),
             )
             return None
         if inc is None:
@@ -89,7 +96,7 @@ class AlertPolicy:
             end=inc.end,
             score=round(inc.peak, 4),
             severity=self.severity(inc.peak),
-            detectors=self.detectors,
+            detectors=list(inc.fired or self.detectors),
             contributors=list(inc.contributors),
             model_version=version,
             windows=inc.windows,

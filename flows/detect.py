@@ -26,8 +26,8 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 
+from detectors.factory import DetectorConfigError, build_detectors
 from detectors.policy import AlertPolicy
-from detectors.zscore import RobustZScore
 from flows import metrics
 from flows.decode import BatchDecoder, DecodedBatch, RawBatch
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord, encoder
@@ -111,6 +111,8 @@ def build_flow(
         settings.max_record_bytes, round(settings.max_future.total_seconds() * 1000)
     )
     topic = settings.readings_topic if not settings.embedded else "simulator"
+    names = ", ".join(f"{d.name} ({d.version})" for d in build_detectors(settings))
+    log.info("detectors: %s", names)
 
     def new_features(state: bytes | None) -> _WindowedFeatures:
         if state is None:
@@ -118,13 +120,12 @@ def build_flow(
         return _WindowedFeatures(FeatureStage.restore(spec, state, topic))
 
     def new_scorer(state: bytes | None) -> _ScoreWindows:
-        detector = RobustZScore(
-            settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup
-        )
+        detectors = build_detectors(settings)
         policy = AlertPolicy(
-            detector.threshold, settings.alert_resolve_after, detectors=(detector.name,)
+            ScoreStage.THRESHOLD, settings.alert_resolve_after,
+            detectors=tuple(d.name for d in detectors),
         )
-        stage = ScoreStage(detector, policy)
+        stage = ScoreStage(detectors, policy)
         if state is not None:
             stage.restore(state)
         return _ScoreWindows(stage)
@@ -221,7 +222,11 @@ def _load() -> Dataflow:
         *(shown[k] for k in ("window_length", "window_hop", "allowed_lateness", "state_shards")),
     )
     metrics.serve(settings.metrics_port)
-    return build_flow(settings)
+    try:
+        return build_flow(settings)
+    except DetectorConfigError as exc:
+        sys.stderr.write(f"vigil: {exc}\n")
+        raise SystemExit(2) from None
 
 
 flow = _load()

@@ -19,6 +19,7 @@ PREFIX = "VIGIL_"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+DETECTOR_NAMES = ("zscore", "lstm_ae")  # what VIGIL_DETECTORS may list
 _BROKER = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
 
@@ -140,7 +141,23 @@ class Settings:
         default=64,
     )
 
-    # --- Placeholder scorer -----------------------------------------------------------------
+    # --- Detectors --------------------------------------------------------------------------
+    detectors: str = _doc(
+        "Comma-separated detectors to run: zscore, lstm_ae. Each window's score is the "
+        "largest of their scores divided by their own thresholds (1.0 = at threshold).",
+        default="zscore,lstm_ae",
+    )
+    model_registry: str = _doc(
+        "Model registry folder for lstm_ae (versions + ACTIVE pointer); empty uses the model "
+        "bundled with Vigil, trained for the default 5m/1m windows on simulated data.",
+        default="",
+    )
+    model_reload_interval: timedelta = _doc(
+        "How often the flow checks the registry for a newly activated model version.",
+        default=timedelta(seconds=5),
+    )
+
+    # --- Robust z-score detector ------------------------------------------------------------
     zscore_threshold: float = _doc(
         "Robust z-score (|x - median| / (1.4826·MAD)) at which a window is anomalous.",
         default=6.0,
@@ -252,6 +269,14 @@ class Settings:
                 p.append(f"VIGIL_{name.upper()} must not be negative")
         if not 0 <= self.metrics_port < 65536:
             p.append("VIGIL_METRICS_PORT must be a port number (0 turns metrics off)")
+        unknown = [n for n in self.detector_names if n not in DETECTOR_NAMES]
+        if unknown or not self.detector_names:
+            p.append(
+                f"VIGIL_DETECTORS={self.detectors!r}: unknown or no detector "
+                f"({', '.join(unknown) or 'empty'}); choose from {', '.join(DETECTOR_NAMES)}"
+            )
+        if self.model_reload_interval <= timedelta(0):
+            p.append("VIGIL_MODEL_RELOAD_INTERVAL must be positive")
         if self.alert_resolve_after < 1:
             p.append("VIGIL_ALERT_RESOLVE_AFTER must be at least 1")
         if self.zscore_threshold <= 0:
@@ -279,6 +304,12 @@ class Settings:
             p.append("the readings, alerts, scores and dead-letter topics must all differ")
         if p:
             raise SettingsError(p)
+
+    @property
+    def detector_names(self) -> tuple[str, ...]:
+        """The configured detectors, in order, without duplicates."""
+        names = [n.strip() for n in self.detectors.split(",") if n.strip()]
+        return tuple(dict.fromkeys(names))
 
     @property
     def embedded(self) -> bool:
@@ -377,6 +408,19 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def update_docs(path: str) -> None:
+    """Rewrite the Markdown settings table in ``path`` (the first table headed 'Variable')."""
+    with open(path) as fh:
+        lines = fh.read().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("| Variable |"))
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[start:end] = markdown_table().split("\n")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.settings``: check the environment, or print the docs table."""
     import argparse
@@ -388,9 +432,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--markdown", action="store_true", help="print every variable as a Markdown table"
     )
+    parser.add_argument(
+        "--update-docs", metavar="FILE",
+        help="replace the settings table in FILE (e.g. docs/configuration.md) with the current one",
+    )
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown_table())
+        return 0
+    if args.update_docs:
+        update_docs(args.update_docs)
         return 0
     try:
         settings = Settings.from_env()

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from detectors.base import Detector
+from detectors.base import Detector, Verdict
 from detectors.policy import AlertPolicy, Incident
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord
 from flows.windows import ClosedWindow, SensorWindows, WindowSpec
@@ -130,43 +130,71 @@ class ScoreOutput:
 
 
 class ScoreStage:
-    """Scores closed windows with a detector and applies the alert policy, for one shard."""
+    """Scores closed windows with one or more detectors and applies the alert policy.
 
-    def __init__(self, detector: Detector, policy: AlertPolicy) -> None:
-        self.detector = detector
+    Detectors' raw scores live on different scales, so each is divided by its own threshold
+    and the window's score is the largest ratio (1.0 = at threshold); a window is anomalous
+    when any detector says so, and the alert names the detectors that fired. (Calibrated tail
+    probabilities replace the ratio in a later step.)
+    """
+
+    THRESHOLD = 1.0
+
+    def __init__(self, detectors: Detector | list[Detector], policy: AlertPolicy) -> None:
+        self.detectors = detectors if isinstance(detectors, list) else [detectors]
         self.policy = policy
 
+    @property
+    def version(self) -> str:
+        """Versions of every detector, e.g. ``zscore-1+v0001-788d47c9``."""
+        return "+".join(d.version for d in self.detectors)
+
     def process(self, windows: list[tuple[str, ClosedWindow]]) -> ScoreOutput:
-        """Score each window (in order), then update each sensor's incident."""
+        """Score each window (in order) with every detector, then update each incident."""
         out = ScoreOutput()
         if not windows:
             return out
-        verdicts = self.detector.score_and_learn(windows)
-        version = self.detector.version
-        threshold = self.detector.threshold
-        name = self.detector.name
-        for (sid, window), verdict in zip(windows, verdicts, strict=True):
+        all_verdicts = [d.score_and_learn(windows) for d in self.detectors]
+        version = self.version
+        names = [d.name for d in self.detectors]
+        thresholds = [d.threshold for d in self.detectors]
+        for j, (sid, window) in enumerate(windows):
+            verdicts = [v[j] for v in all_verdicts]
+            ratios = [
+                0.0 if v.warming_up else v.score / t
+                for v, t in zip(verdicts, thresholds, strict=True)
+            ]
+            best = max(range(len(ratios)), key=ratios.__getitem__)
+            fired = tuple(n for n, v in zip(names, verdicts, strict=True) if v.anomalous)
+            combined = Verdict(
+                ratios[best], bool(fired), verdicts[best].contributors,
+                warming_up=all(v.warming_up for v in verdicts),
+            )
             start, end = window.start, window.end
             out.scores.append(ScoreRecord(
                 sensor_id=sid, window_start=start, window_end=end,
-                score=round(verdict.score, 6), threshold=threshold,
-                anomalous=verdict.anomalous, detectors={name: round(verdict.score, 6)},
-                contributors=verdict.contributors, readings=window.readings,
+                score=round(combined.score, 6), threshold=self.THRESHOLD,
+                anomalous=combined.anomalous,
+                detectors={n: round(v.score, 6) for n, v in zip(names, verdicts, strict=True)},
+                contributors=combined.contributors, readings=window.readings,
                 model_version=version,
             ))
-            alert = self.policy.update(sid, start, end, verdict, version)
+            alert = self.policy.update(sid, start, end, combined, version, fired)
             if alert is not None:
                 out.alerts.append(alert)
         return out
 
     def snapshot(self) -> bytes:
-        """Detector state plus open incidents."""
+        """Each detector's state by name, plus open incidents."""
         return pickle.dumps(
-            (self.detector.snapshot(), self.policy.open), protocol=pickle.HIGHEST_PROTOCOL
+            ({d.name: d.snapshot() for d in self.detectors}, self.policy.open),
+            protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     def restore(self, state: bytes) -> None:
-        """Load detector state and open incidents from ``snapshot()``."""
-        detector_state, open_incidents = pickle.loads(state)
-        self.detector.restore(detector_state)
+        """Load state from ``snapshot()``; a detector added since starts fresh."""
+        detector_states, open_incidents = pickle.loads(state)
+        for d in self.detectors:
+            if d.name in detector_states:
+                d.restore(detector_states[d.name])
         self.policy.open = dict[str, Incident](open_incidents)

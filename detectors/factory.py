@@ -1,0 +1,73 @@
+"""Build the detectors a flow runs from settings, refusing models that cannot fit the windows.
+
+``VIGIL_DETECTORS`` lists them by name. The LSTM-AE comes from ``VIGIL_MODEL_REGISTRY`` (or
+the model bundled with Vigil); a model trained for other windows than the flow computes
+would score garbage, so it is left out with a warning that says what to do instead.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from detectors.base import Detector
+from detectors.zscore import RobustZScore
+from flows.settings import Settings
+
+log = logging.getLogger("vigil.detectors")
+
+
+class DetectorConfigError(ValueError):
+    """The configured detectors cannot run; the message says why and what to change."""
+
+
+def build_detectors(settings: Settings) -> list[Detector]:
+    """One instance of each configured detector (the flow builds one set per state shard)."""
+    out: list[Detector] = []
+    for name in settings.detector_names:
+        if name == "zscore":
+            out.append(RobustZScore(
+                settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup
+            ))
+        elif name == "lstm_ae":
+            det = _autoencoder(settings)
+            if det is not None:
+                out.append(det)
+    if not out:
+        raise DetectorConfigError(
+            "no detector can run with these settings (see the warnings above); "
+            "set VIGIL_DETECTORS=zscore or point VIGIL_MODEL_REGISTRY at a model trained "
+            "for these windows"
+        )
+    return out
+
+
+def _autoencoder(settings: Settings) -> Detector | None:
+    from detectors.autoencoder import AutoencoderDetector
+    from detectors.defaults import DEFAULT_REGISTRY
+    from detectors.registry import ModelRegistry, RegistryError
+
+    root = settings.model_registry or str(DEFAULT_REGISTRY)
+    try:
+        det = AutoencoderDetector(
+            ModelRegistry(root), settings.model_reload_interval.total_seconds()
+        )
+    except (RegistryError, OSError) as exc:
+        raise DetectorConfigError(
+            f"VIGIL_MODEL_REGISTRY={root}: no usable active model ({exc}); train one with "
+            "`python -m detectors.train ... --activate` or drop lstm_ae from VIGIL_DETECTORS"
+        ) from exc
+    meta = det.model.metadata
+    wanted = (
+        round(settings.window_length.total_seconds() * 1000),
+        round(settings.window_hop.total_seconds() * 1000),
+    )
+    if (meta.window_length_ms, meta.window_hop_ms) != wanted:
+        log.warning(
+            "lstm_ae left out: model %s was trained on %d ms windows every %d ms, but the flow "
+            "computes %d ms every %d ms; train a model for these windows "
+            "(python -m detectors.train --window ... --hop ...) and set VIGIL_MODEL_REGISTRY",
+            meta.version, meta.window_length_ms, meta.window_hop_ms, *wanted,
+        )
+        return None
+    log.info("lstm_ae: model %s from %s (metrics %s)", meta.version, root, ",".join(meta.metrics))
+    return det
