@@ -1,0 +1,328 @@
+"""Per-sensor calibration of raw detector scores into tail probabilities in [0, 1].
+
+Why: a raw score means different things for different detectors (a robust z of 7, a
+Half-Space-Trees mass of 0.97) and for different sensors of one detector (a noisy pump
+hovers at z≈4 all day, a quiet thermometer at z≈1). Thresholds and the combination of
+several detectors only make sense on a common scale. This module puts every sensor's
+scores on the scale "how unusual is this sensor's recent score, judged against its own
+past scores", in the spirit of Numenta HTM's *anomaly likelihood* (Ahmad et al. 2017).
+
+Method (per sensor, scores taken strictly in order)
+---------------------------------------------------
+* The sensor keeps its last ``history`` (N, default 300) raw scores in a float32 ring.
+* For a new raw score ``x_t`` the *short-term mean* ``m_t`` is the mean of the newest
+  ``short`` (k) raw scores, ``x_t`` included. HTM averages k = 10 per-record scores; here
+  the default is k = 1 because each raw score already summarises a whole window (windows
+  overlap by all but one hop), so averaging again only smears every false alarm over k more
+  rows and delays every detection. (Measured on the 13 NAB files with the z-score detector:
+  standard score 26 at k = 1, 19 at k = 3, 14 at k = 5; see docs/accuracy.md.)
+* The *long-term distribution* is that of the k-moving-averages over the history (the N
+  scores *before* ``x_t``; HTM does the same so correlated scores are compared fairly).
+* The tail probability ``Q = P(M ≥ m_t)`` comes from that distribution without assuming a
+  shape in its body and with a heavy tail beyond it:
+
+  - up to the history's ``tail_quantile`` (q = 0.9) value ``u``: the empirical mid-rank,
+    ``Q = (#{M > m} + ½·#{M = m} + ½) / (n + 1)`` (never exactly 0 or 1);
+  - above ``u``: a generalised Pareto tail, ``Q = p_u · (1 + ξ·(m − u)/β)^(−1/ξ)`` with
+    ``p_u`` the empirical share above ``u``, shape ``ξ = tail_shape`` (0.25) fixed and
+    scale ``β = (1 − ξ)·mean(M − u | M > u)`` (its moment estimate), floored at
+    ``1e-3·|u|`` (or 1e-12) so a constant history does not divide by zero.
+
+  Why not a normal tail (HTM's choice): raw scores such as a robust z are heavy-tailed; a
+  Gaussian fitted by mean/std puts one-in-a-million probabilities on scores this sensor
+  produces every day, and saturates ``1 − Q`` to exactly 1.0 beyond z ≈ 8.3, so all big
+  scores tie and cannot be ranked (NAB standard score 0.6 with the Gaussian vs 26 with this
+  tail on the same raw scores). The Pareto tail decays polynomially, so ``1 − Q`` keeps
+  ranking even very large scores.
+* The calibrated value is the likelihood ``L = 1 − Q``. It is one-sided: scores *below* the
+  sensor's usual level give L near 0, never an alarm. Everything above is invariant to
+  scaling and shifting a sensor's raw scores (quantiles, excesses and the floor all scale).
+* Only after scoring ``x_t`` is it added to the history (no look-ahead, and an anomaly is
+  never judged against itself).
+
+Choices, documented because callers depend on them
+--------------------------------------------------
+* ``update`` returns ``L`` itself, not HTM's log-scaled value: L is a probability that
+  thresholds read naturally (0.5 = typical, 0.99 = one in a hundred) and that
+  :func:`combine` can consume. :func:`log_likelihood` gives HTM's log scale for display;
+  it is monotone, so rank-based evaluation (e.g. NAB's threshold sweep) is unaffected.
+* Warm-up: until a sensor has ``warmup`` (default 30) scores in its history, ``update``
+  returns ``warmup_value`` (default 0.0, "no evidence of an anomaly", so nothing can alert
+  on a sensor the calibrator does not know yet; HTM uses 0.5 here). Entries marked
+  ``warming`` (the detector itself still warming up) and non-finite raw scores also return
+  ``warmup_value`` and are *not* learned, so a detector's placeholder zeros never enter the
+  history as if they were normal scores.
+* The history is not robust to contamination: a long anomaly in it raises ``u`` and ``β``
+  and damps the next one for up to N scores, as in HTM.
+
+State and cost
+--------------
+Per sensor: the ring (``4·N`` bytes: 1,200 bytes at N = 300) plus two int64 counters
+(count, position) = 1,216 bytes of payload, plus the sensor id and pickle framing
+(~50 bytes) in a snapshot. Scoring costs one sort of N values per score (~10 µs), vectorised
+with numpy over all sensors of a batch that have the same number of scores in it (one group
+in the common case of one window per sensor per batch, and for a single sensor's replay).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = ["Calibrator", "combine", "log_likelihood"]
+
+_SNAPSHOT_VERSION = 1
+_REL_SCALE_FLOOR = 1e-3
+_CHUNK_ELEMENTS = 1 << 21  # bounds the (rows, scores, history) temporaries to ~16 MiB
+
+
+def log_likelihood(likelihood: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """HTM's display scale: ``log(1.0000000001 − L) / log(1e-10)``, in [0, 1].
+
+    L = 0.5 maps to 0.03, 0.99 to 0.2, 0.99999 to 0.5 and 1 to 1: the interesting tail gets
+    most of the range. Monotone in L, so it never changes which score is higher.
+    """
+    lik = np.clip(np.asarray(likelihood, dtype=float), 0.0, 1.0)
+    return np.clip(np.log(1.0000000001 - lik) / math.log(1e-10), 0.0, 1.0)
+
+
+def combine(
+    probabilities: Sequence[npt.ArrayLike] | npt.ArrayLike,
+    method: Literal["fisher", "max"] = "fisher",
+) -> npt.NDArray[np.float64]:
+    """Combine several detectors' calibrated likelihoods of the same windows into one.
+
+    ``probabilities`` holds one array per detector (shape ``(detectors, n)``, or a list of
+    equally long arrays; a 1-D array is several detectors on one window). Methods:
+
+    * ``"fisher"`` (default): treat ``p_i = 1 − L_i`` as independent p-values, form
+      ``X = −2 Σ ln p_i`` (χ² with 2d degrees of freedom under "nothing unusual") and return
+      ``1 − P(χ²_2d > X)``. Agreement adds up: two detectors both at 0.99 give 0.999, while
+      one at 0.99 and one at 0.5 give 0.97 and two at 0.5 give 0.40. A single detector is
+      returned unchanged. Independence is an optimistic assumption for correlated
+      detectors.
+    * ``"max"``: the largest likelihood; never more confident than the most confident
+      detector (conservative, and right when detectors watch different failure modes).
+    """
+    arr = np.asarray(probabilities, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError("probabilities must have shape (detectors, n) with at least one row")
+    arr = np.clip(arr, 0.0, 1.0)
+    if method == "max":
+        return arr.max(axis=0)
+    if method != "fisher":
+        raise ValueError(f"unknown method {method!r}; use 'fisher' or 'max'")
+    d = arr.shape[0]
+    if d == 1:
+        return arr[0].copy()
+    p = np.maximum(1.0 - arr, 1e-300)
+    half = -np.log(p).sum(axis=0)  # X / 2
+    # Survival of χ² with 2d dof at X: exp(−X/2) Σ_{j<d} (X/2)^j / j!, summed in log space.
+    terms = np.stack([j * np.log(np.maximum(half, 1e-300)) - math.lgamma(j + 1) for j in range(d)])
+    terms[0] = 0.0  # (X/2)^0 / 0! = 1 even when X = 0
+    top = terms.max(axis=0)
+    log_sf = -half + top + np.log(np.exp(terms - top).sum(axis=0))
+    return np.clip(1.0 - np.exp(np.minimum(log_sf, 0.0)), 0.0, 1.0)
+
+
+class _Sensor:
+    __slots__ = ("count", "pos", "ring")
+
+    def __init__(self, size: int) -> None:
+        self.ring = np.full(size, np.nan, dtype=np.float32)
+        self.count = 0  # scores ever learned
+        self.pos = 0  # next slot to write; the oldest score once the ring is full
+
+    def learn(self, values: npt.NDArray[np.float32]) -> None:
+        size = self.ring.size
+        if values.size >= size:
+            self.ring[:] = values[-size:]
+            self.pos = 0
+        else:
+            end = self.pos + values.size
+            if end <= size:
+                self.ring[self.pos : end] = values
+            else:
+                cut = size - self.pos
+                self.ring[self.pos :] = values[:cut]
+                self.ring[: end - size] = values[cut:]
+            self.pos = end % size
+        self.count += int(values.size)
+
+
+class Calibrator:
+    """Turns each sensor's raw detector scores into likelihoods in [0, 1] (module docstring)."""
+
+    def __init__(
+        self,
+        history: int = 300,
+        short: int = 1,
+        warmup: int = 30,
+        warmup_value: float = 0.0,
+        tail_quantile: float = 0.9,
+        tail_shape: float = 0.25,
+    ) -> None:
+        if short < 1:
+            raise ValueError("short must be at least 1")
+        if history < short + 1:
+            raise ValueError("history must exceed short (at least two moving averages)")
+        if not short < warmup <= history:
+            raise ValueError("warmup must be greater than short and at most history")
+        if not 0.0 <= warmup_value <= 1.0:
+            raise ValueError("warmup_value must lie in [0, 1]")
+        if not 0.5 <= tail_quantile < 1.0 or not 0.0 <= tail_shape < 1.0:
+            raise ValueError("tail_quantile must lie in [0.5, 1) and tail_shape in [0, 1)")
+        self.history = history
+        self.short = short
+        self.warmup = warmup
+        self.warmup_value = warmup_value
+        self.tail_quantile = tail_quantile
+        self.tail_shape = tail_shape
+        self._sensors: dict[str, _Sensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._sensors)
+
+    def update(
+        self,
+        sensor_ids: Sequence[str],
+        raw: npt.ArrayLike,
+        warming: npt.ArrayLike | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """Likelihood of each raw score against its sensor's history, then learn it.
+
+        Entries are taken in order: a sensor with several entries in one batch has each
+        scored against a history that includes its earlier entries, exactly as if they had
+        come one per call. ``warming`` marks entries whose detector had no opinion yet;
+        they (and non-finite scores) get ``warmup_value`` and are not learned.
+        """
+        x = np.asarray(raw, dtype=np.float64).reshape(-1)
+        if len(sensor_ids) != x.size:
+            raise ValueError(f"{len(sensor_ids)} sensor ids for {x.size} scores")
+        skip = ~np.isfinite(x)
+        if warming is not None:
+            w = np.asarray(warming, dtype=bool).reshape(-1)
+            if w.size != x.size:
+                raise ValueError("warming must have one flag per score")
+            skip |= w
+        out = np.full(x.size, self.warmup_value, dtype=np.float64)
+        x32 = x.astype(np.float32)  # what the ring will hold; score with the same precision
+        positions: dict[str, list[int]] = {}
+        for i, sid in enumerate(sensor_ids):
+            if not skip[i]:
+                positions.setdefault(sid, []).append(i)
+        by_length: dict[int, list[tuple[_Sensor, list[int]]]] = {}
+        for sid, pos in positions.items():
+            s = self._sensors.get(sid)
+            if s is None:
+                s = self._sensors[sid] = _Sensor(self.history)
+            by_length.setdefault(len(pos), []).append((s, pos))
+        for t, members in by_length.items():
+            for r0 in range(0, len(members), max(1, _CHUNK_ELEMENTS // (self.history * t))):
+                part = members[r0 : r0 + max(1, _CHUNK_ELEMENTS // (self.history * t))]
+                idx = np.array([p for _, p in part])  # (R, T)
+                new = x32[idx]
+                counts = np.array([s.count for s, _ in part])
+                out[idx] = self._score(self._histories([s for s, _ in part]), counts, new)
+                for (s, _), row in zip(part, new, strict=True):
+                    s.learn(row)
+        return out
+
+    def _histories(self, sensors: list[_Sensor]) -> npt.NDArray[np.float64]:
+        """(R, N) histories oldest → newest, NaN-padded at the front while not yet full."""
+        rings = np.stack([s.ring for s in sensors])
+        start = np.array([s.pos for s in sensors])[:, None]
+        order = (start + np.arange(self.history)[None, :]) % self.history
+        return np.take_along_axis(rings, order, axis=1).astype(np.float64)
+
+    def _score(
+        self,
+        hist: npt.NDArray[np.float64],
+        counts: npt.NDArray[np.int64],
+        new: npt.NDArray[np.float32],
+    ) -> npt.NDArray[np.float64]:
+        """Likelihoods for R sensors × T new scores each; ``hist`` is (R, N) oldest first."""
+        n, k = self.history, self.short
+        r, t = new.shape
+        seq = np.concatenate([hist, new.astype(np.float64)], axis=1)  # (R, N + T)
+        ma = sliding_window_view(seq, k, axis=1).mean(axis=-1)  # ends at seq index i+k-1
+        width = n - k + 1  # moving averages that lie wholly inside the N-score history
+        tail = np.empty((r, t))
+        step = max(1, _CHUNK_ELEMENTS // max(1, r * width))
+        for t0 in range(0, t, step):
+            t1 = min(t, t0 + step)
+            win = sliding_window_view(ma, width, axis=1)[:, t0:t1, :]  # (R, c, width)
+            m = ma[:, n - k + 1 + t0 : n - k + 1 + t1]  # short-term mean, x_t included
+            tail[:, t0:t1] = self._tail(win, m)
+        seen = counts[:, None] + np.arange(t)[None, :]  # history length before each score
+        return np.where(seen >= self.warmup, np.clip(1.0 - tail, 0.0, 1.0), self.warmup_value)
+
+    def _tail(
+        self, win: npt.NDArray[np.float64], m: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        """``Q = P(M ≥ m)``: empirical mid-rank below the q-quantile, Pareto tail above it."""
+        cnt = (~np.isnan(win)).sum(axis=-1)
+        ordered = np.sort(win, axis=-1)  # NaN (history not yet full) sorts last
+        pos = self.tail_quantile * np.maximum(cnt - 1, 0)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(cnt - 1, 0))
+        frac = pos - lo
+        u = (np.take_along_axis(ordered, lo[..., None], -1)[..., 0] * (1.0 - frac)
+             + np.take_along_axis(ordered, hi[..., None], -1)[..., 0] * frac)
+        with np.errstate(invalid="ignore"):
+            over = win > u[..., None]  # NaN compares False
+            above = (win > m[..., None]).sum(axis=-1)
+            equal = (win == m[..., None]).sum(axis=-1)
+        n_over = over.sum(axis=-1)
+        excess = np.where(over, win - u[..., None], 0.0).sum(axis=-1) / np.maximum(n_over, 1)
+        xi = self.tail_shape
+        beta = np.maximum((1.0 - xi) * excess, np.maximum(_REL_SCALE_FLOOR * np.abs(u), 1e-12))
+        empirical = (above + 0.5 * equal + 0.5) / (cnt + 1.0)
+        p_u = (n_over + 0.5) / (cnt + 1.0)
+        e = np.maximum(m - u, 0.0) / beta
+        pareto = p_u * np.exp(-np.log1p(xi * e) / xi) if xi > 0 else p_u * np.exp(-e)
+        return np.where(m > u, pareto, empirical)
+
+    def forget(self, sensor_id: str) -> None:
+        """Drop a sensor's history (it warms up again if it comes back)."""
+        self._sensors.pop(sensor_id, None)
+
+    def state_bytes(self, sensor_id: str) -> int:
+        """Payload bytes one sensor's state takes: the ring plus two counters."""
+        s = self._sensors[sensor_id]
+        return s.ring.nbytes + 16
+
+    def snapshot(self) -> bytes:
+        """Every sensor's ring and counters, with the parameters they were built under."""
+        sensors = {
+            sid: (s.count, s.pos, s.ring.tobytes()) for sid, s in self._sensors.items()
+        }
+        params = (
+            self.history, self.short, self.warmup, self.warmup_value, self.tail_quantile,
+            self.tail_shape,
+        )
+        return pickle.dumps((_SNAPSHOT_VERSION, params, sensors), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, state: bytes) -> None:
+        """Replace all state with a ``snapshot()``; refuses one taken with another history."""
+        version, params, sensors = pickle.loads(state)
+        if version != _SNAPSHOT_VERSION:
+            raise ValueError(f"calibration snapshot version {version} is not supported")
+        if params[0] != self.history:
+            raise ValueError(
+                f"snapshot has history {params[0]}, this calibrator {self.history}"
+            )
+        self._sensors = {}
+        for sid, (count, pos, ring) in sensors.items():
+            s = _Sensor(self.history)
+            s.ring = np.frombuffer(ring, dtype=np.float32).copy()
+            s.count, s.pos = int(count), int(pos)
+            self._sensors[sid] = s
