@@ -46,7 +46,6 @@ from bench.metrics import (
     PROFILES,
     Confusion,
     NabFile,
-    _window_rows,
     confusion,
     detection_delays,
     load_nab_windows,
@@ -54,6 +53,7 @@ from bench.metrics import (
     optimise_all,
     probation_length,
     skab_summary,
+    window_rows,
 )
 from bench.score import (
     ScoreOptions,
@@ -241,7 +241,7 @@ def evaluate_nab(
         prob = probation_length(n)
         in_window = np.zeros(n, dtype=np.int8)
         for start, end in f.windows:
-            lo, hi = _window_rows(f.timestamps, start, end)
+            lo, hi = window_rows(f.timestamps, start, end)
             in_window[lo:hi] = 1
         fired = ((f.scores >= thr) & (np.arange(n) >= prob)).astype(np.int8)
         delay = detection_delays(in_window[prob:], fired[prob:], f.timestamps[prob:])

@@ -399,7 +399,7 @@ def _first(mask: npt.NDArray[np.bool_], default: int) -> int:
     return int(hits[0]) if hits.size else default
 
 
-def _window_rows(
+def window_rows(
     ts: npt.NDArray[np.datetime64], start: np.datetime64, end: np.datetime64
 ) -> tuple[int, int]:
     """Half-open row range ``[lo, hi)`` of a window in file order (module rule 9)."""
@@ -419,7 +419,7 @@ def _prepare(f: NabFile, cap: int | None) -> _Prepared:
     fp_unit = np.ones(n)  # before the first window: the full A_FP
     bounds: list[tuple[int, int]] = []
     for start, end in f.windows:
-        lo, hi = _window_rows(ts, start, end)
+        lo, hi = window_rows(ts, start, end)
         if hi <= lo:
             raise ValueError(f"{f.name}: window {start}..{end} contains no rows")
         if bounds and lo < bounds[-1][1]:

@@ -55,15 +55,13 @@ import polars as pl
 from detectors.calibration import Calibrator
 from flows.cli import positive_duration, positive_float, positive_int
 from flows.replay import (
-    _TIME_COLUMN,
     FORMATS,
     Format,
     ReplayError,
-    _header,
-    _is_parquet,
     default_sensor_id,
     detect_format,
     load_frame,
+    raw_time_column,
 )
 from flows.schemas import Alert, ScoreRecord, encoder
 from flows.settings import Settings, SettingsError
@@ -170,19 +168,6 @@ def calibrate_records(records: Sequence[ScoreRecord], calibrator: Calibrator) ->
 
 
 # --- reading the file ---------------------------------------------------------------------------
-
-
-def _raw_times(path: Path, fmt: Format) -> pl.Series:
-    """The time column exactly as written in the file (text for CSV), for the output."""
-    col = _TIME_COLUMN[fmt]
-    if _is_parquet(path):
-        return pl.read_parquet(path, columns=[col])[col]
-    _, sep = _header(path)
-    raw = pl.read_csv(
-        path, separator=sep or ",", infer_schema=False, encoding="utf8-lossy"
-    )
-    raw = raw.rename({c: c.strip().strip('"') for c in raw.columns})
-    return raw[col]
 
 
 def _sampling_interval(ts_ms: npt.NDArray[np.int64], groups: npt.NDArray[np.int64]) -> int:
@@ -389,7 +374,7 @@ def score_file(
     if fmt not in FORMATS:
         raise ReplayError(f"unknown format {fmt!r}; use one of auto, {', '.join(FORMATS)}")
     frame = load_frame(path, fmt, opts.tz)
-    raw_times = _raw_times(path, fmt)
+    raw_times = raw_time_column(path, fmt)
     if raw_times.len() != frame.height:
         raise ReplayError(f"{path}: read {raw_times.len()} timestamps for {frame.height} rows")
     fixed = opts.sensor_id or default_sensor_id(path, fmt)

@@ -237,6 +237,20 @@ def load_frame(
     return pl.DataFrame(out)
 
 
+def raw_time_column(path: str | Path, fmt: Format) -> pl.Series:
+    """The time column exactly as written in the file (text for CSV), for the output."""
+    path = Path(path)
+    col = _TIME_COLUMN[fmt]
+    if _is_parquet(path):
+        return pl.read_parquet(path, columns=[col])[col]
+    _, sep = _header(path)
+    raw = pl.read_csv(
+        path, separator=sep or ",", infer_schema=False, encoding="utf8-lossy"
+    )
+    raw = raw.rename({c: c.strip().strip('"') for c in raw.columns})
+    return raw[col]
+
+
 def default_sensor_id(path: str | Path, fmt: Format) -> str | None:
     """``skab-valve1-0`` / ``nab-realKnownCause-nyc_taxi`` from the path; None for vigil."""
     if fmt == "vigil":
