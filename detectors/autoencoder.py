@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from detectors.base import Verdict
+from detectors.base import Verdict, sensor_rounds
 from detectors.lstm_ae import LstmAutoencoder
 from detectors.registry import ModelRegistry, RegistryError
 from flows.schemas import Contributor
@@ -130,17 +129,8 @@ class AutoencoderDetector:
         self.maybe_reload()
         model = self.model
         verdicts: list[Verdict | None] = [None] * len(batch)
-        # rounds: a sensor with several windows in one batch is scored once per window, in order
-        rounds: list[list[int]] = []
-        seen: dict[str, int] = defaultdict(int)
-        for i, (sid, _) in enumerate(batch):
-            r = seen[sid]
-            seen[sid] = r + 1
-            if r == len(rounds):
-                rounds.append([])
-            rounds[r].append(i)
         f = len(model.feature_names)
-        for indices in rounds:
+        for indices in sensor_rounds(batch):
             ready: list[int] = []
             sequences: list[np.ndarray] = []
             for i in indices:

@@ -26,6 +26,23 @@ class Verdict:
     warming_up: bool = False
 
 
+def sensor_rounds(batch: list[tuple[str, ClosedWindow]]) -> list[list[int]]:
+    """Split a batch into rounds of indices holding at most one window per sensor.
+
+    Round r holds each sensor's r-th window, in batch order, so a detector can score a round
+    in one vectorised call and still score every window from the state before it.
+    """
+    rounds: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for i, (sid, _) in enumerate(batch):
+        r = seen.get(sid, 0)
+        seen[sid] = r + 1
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append(i)
+    return rounds
+
+
 class Detector(Protocol):
     """What the flow, offline evaluation and bench/ all call."""
 

@@ -90,13 +90,12 @@ Design choices (and why)
 from __future__ import annotations
 
 import pickle
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 from river.anomaly import HalfSpaceTrees
 
-from detectors.base import Verdict
+from detectors.base import Verdict, sensor_rounds
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -218,15 +217,7 @@ class HalfSpaceTreesDetector:
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         """Score then learn each window; several windows of one sensor go in rounds."""
         verdicts: list[Verdict | None] = [None] * len(batch)
-        rounds: list[list[int]] = []
-        seen: dict[str, int] = defaultdict(int)
-        for i, (sid, _) in enumerate(batch):
-            r = seen[sid]
-            seen[sid] = r + 1
-            if r == len(rounds):
-                rounds.append([])
-            rounds[r].append(i)
-        for indices in rounds:
+        for indices in sensor_rounds(batch):
             members: dict[tuple[str, ...], list[tuple[int, int]]] = {}
             for i in indices:
                 sid, window = batch[i]

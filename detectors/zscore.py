@@ -14,11 +14,10 @@ successive rounds so each window is still scored against the history *before* it
 from __future__ import annotations
 
 import pickle
-from collections import defaultdict
 
 import numpy as np
 
-from detectors.base import Verdict
+from detectors.base import Verdict, sensor_rounds
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -52,15 +51,7 @@ class RobustZScore:
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         """Score then learn each window; windows of one sensor are taken in order."""
         verdicts: list[Verdict | None] = [None] * len(batch)
-        rounds: list[list[int]] = []
-        seen: dict[str, int] = defaultdict(int)
-        for i, (sid, _) in enumerate(batch):
-            r = seen[sid]
-            seen[sid] = r + 1
-            if r == len(rounds):
-                rounds.append([])
-            rounds[r].append(i)
-        for indices in rounds:
+        for indices in sensor_rounds(batch):
             groups: dict[tuple[str, ...], list[tuple[int, _History, np.ndarray]]] = {}
             for i in indices:
                 sid, window = batch[i]
