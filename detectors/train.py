@@ -65,6 +65,7 @@ from detectors.registry import (
     encode_metadata,
     sha256_file,
 )
+from flows.cli import positive_int
 from flows.offline import compute_features
 from flows.replay import FORMATS, ReplayError, default_sensor_id, detect_format, load_frame
 from flows.settings import parse_duration
@@ -559,16 +560,6 @@ def _duration_ms(text: str) -> int:
     return round(ms)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m detectors.train`` argument parser."""
     ap = argparse.ArgumentParser(
@@ -588,14 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="window hop, e.g. 1s (default 1s)")
     ap.add_argument("--lateness", type=_duration_ms, default=0, metavar="DUR",
                     help="allowed lateness, as in the flow (default 0s)")
-    ap.add_argument("--seq-len", type=_positive_int, default=30,
+    ap.add_argument("--seq-len", type=positive_int, default=30,
                     help="windows per sequence (default 30)")
-    ap.add_argument("--hidden", type=_positive_int, default=32,
+    ap.add_argument("--hidden", type=positive_int, default=32,
                     help="LSTM hidden size (default 32)")
-    ap.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
+    ap.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    ap.add_argument("--batch-size", type=_positive_int, default=64,
+    ap.add_argument("--batch-size", type=positive_int, default=64,
                     help="training batch size (default 64)")
     ap.add_argument("--holdout", type=float, default=0.2,
                     help="last fraction of each series held out (default 0.2)")
@@ -604,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--metrics", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
                     help="comma-separated metric columns (default: all of the first file)")
     ap.add_argument("--tz", default="UTC", help="time zone of naive timestamps (default UTC)")
-    ap.add_argument("--threads", type=_positive_int, default=1,
+    ap.add_argument("--threads", type=positive_int, default=1,
                     help="torch threads; results are reproducible per thread count (default 1)")
     ap.add_argument("--activate", action="store_true", help="make the new version active")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
