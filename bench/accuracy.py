@@ -298,11 +298,12 @@ def make_plotter(out_dir: Path) -> Plotter | None:
             axes[0].plot(x, scaled, lw=0.7, label=col)
         axes[0].set_ylabel("value" if len(frame.columns) == 1 else "value (min-max scaled)")
         axes[0].legend(loc="upper left", fontsize=7)
-        axes[1].plot(x, np.maximum(res.raw_score, 1e-3), lw=0.7, color="tab:gray")
-        axes[1].axhline(res.threshold, color="tab:red", ls="--", lw=0.8,
-                        label=f"alert threshold {res.threshold:g}")
-        axes[1].set_yscale("log")
-        axes[1].set_ylabel("raw score")
+        from detectors.calibration import log_likelihood
+
+        axes[1].plot(x, log_likelihood(res.raw_score), lw=0.7, color="tab:gray")
+        axes[1].axhline(float(log_likelihood(res.threshold)), color="tab:red", ls="--", lw=0.8,
+                        label=f"alert level {res.threshold:g}")
+        axes[1].set_ylabel("log likelihood")
         axes[1].legend(loc="upper left", fontsize=7)
         axes[2].plot(x, res.anomaly_score, lw=0.7, color="tab:blue")
         if threshold is not None:
@@ -438,11 +439,15 @@ def run(
         "config": {
             **{k: (str(v) if v is not None and k == "hop" else v)
                for k, v in asdict(options).items()},
+            "detector": options.detector or settings.detectors,
             "settings_summary": (
-                f"alert threshold {settings.zscore_threshold:g} (robust z), history "
-                f"{settings.zscore_history}, warm-up {settings.zscore_warmup} windows, "
-                f"resolve after {settings.alert_resolve_after}, lateness 0"
+                f"alert at likelihood {settings.alert_likelihood:g} for "
+                f"{settings.alert_open_after} window(s), resolve after "
+                f"{settings.alert_resolve_after}, HST seed {settings.hst_seed}, lateness 0"
             ),
+            "calib_history": settings.calibration_history,
+            "calib_short": settings.calibration_short,
+            "calib_warmup": settings.calibration_warmup,
         },
         "runtime": {"machine": f"{platform.machine()}, {_cpus()} CPUs, "
                                f"Python {platform.python_version()}"},

@@ -21,13 +21,12 @@ row and earlier rows only, except that rows sharing one pane (duplicate or sub-h
 timestamps) share that pane's score, as they share its event time. Rows before a sensor's
 first full window get ``0,0``.
 
-``anomaly_score`` is ``detectors.calibration.Calibrator`` applied, per sensor and in window
-order, to the flow's ``ScoreRecord.score``: :func:`calibrate_records` is the one call the
-flow's score stage will make per batch once calibration moves into the flow. ``alert`` is
+``anomaly_score`` is the flow's own ``ScoreRecord.score``: every detector's raw score
+calibrated per sensor and combined into one likelihood (``detectors.ensemble``). ``alert`` is
 1 from the window at which the flow emitted an ``open`` alert for the sensor up to (not
-including) the window at which it emitted the matching ``resolved`` alert. It is the flow's
-own decision (raw score ≥ the detector's threshold, resolved after
-``VIGIL_ALERT_RESOLVE_AFTER`` normal windows), not a threshold on ``anomaly_score``.
+including) the window at which it emitted the matching ``resolved`` alert: the flow's own
+decision (likelihood ≥ ``VIGIL_ALERT_LIKELIHOOD`` for ``VIGIL_ALERT_OPEN_AFTER`` windows,
+resolved after ``VIGIL_ALERT_RESOLVE_AFTER`` normal windows).
 
 Settings come from ``VIGIL_*`` variables (``flows.settings``) and can be overridden by
 flags; the window geometry and lateness are always set here as described above.
@@ -52,7 +51,6 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from detectors.calibration import Calibrator
 from flows.cli import positive_duration, positive_float, positive_int
 from flows.replay import (
     FORMATS,
@@ -72,7 +70,6 @@ __all__ = [
     "ScoreOptions",
     "ScoreResult",
     "build_parser",
-    "calibrate_records",
     "main",
     "score_file",
 ]
@@ -102,10 +99,7 @@ class ScoreOptions:
     sensor_id: str | None = None
     window_rows: int = 10
     hop: timedelta | None = None  # None: the file's median sampling interval
-    detector: str = "zscore"
-    calib_history: int = 300
-    calib_short: int = 1
-    calib_warmup: int = 30
+    detector: str | None = None  # None: the settings' VIGIL_DETECTORS
     batch_rows: int = 5000
 
 
@@ -118,8 +112,8 @@ class ScoreResult:
     output: pl.DataFrame  # exactly OUTPUT_COLUMNS, one row per input row, input order
     ts: npt.NDArray[np.datetime64]  # per row, naive UTC (NaT where the row had none)
     sensor_ids: list[str | None]
-    raw_score: npt.NDArray[np.float64]  # the detector's raw score behind each row (0: none)
-    threshold: float  # the detector's alert threshold on the raw score
+    raw_score: npt.NDArray[np.float64]  # the flow's score behind each row (0: none)
+    threshold: float  # the flow's alert level on that score (VIGIL_ALERT_LIKELIHOOD)
     settings: Settings
     hop: timedelta
     records: list[ScoreRecord] = field(repr=False, default_factory=list)  # as the flow emitted
@@ -149,24 +143,6 @@ class ScoreResult:
         )
 
 
-# --- the calibration step (moves into the flow's score stage later) ----------------------------
-
-
-def calibrate_records(records: Sequence[ScoreRecord], calibrator: Calibrator) -> np.ndarray:
-    """Calibrated likelihood of each record, records taken in order (per sensor).
-
-    A record with score 0 and no contributors is a detector still warming up (the z-score
-    detector's placeholder verdict): it is neither scored nor learned. Inside the flow the
-    same call will take ``Verdict.warming_up`` instead of this inference.
-    """
-    if not records:
-        return np.zeros(0)
-    warming = [r.score == 0.0 and not r.contributors for r in records]
-    return calibrator.update(
-        [r.sensor_id for r in records], np.array([r.score for r in records]), warming
-    )
-
-
 # --- reading the file ---------------------------------------------------------------------------
 
 
@@ -184,20 +160,15 @@ def _sampling_interval(ts_ms: npt.NDArray[np.int64], groups: npt.NDArray[np.int6
     return max(1, round(float(np.median(pos))))
 
 
-def _settings(base: Settings, hop_ms: int, window_rows: int, detector: str) -> Settings:
+def _settings(base: Settings, hop_ms: int, window_rows: int, detector: str | None) -> Settings:
     changes: dict[str, Any] = {
         "window_hop": timedelta(milliseconds=hop_ms),
         "window_length": timedelta(milliseconds=hop_ms * window_rows),
         "allowed_lateness": timedelta(0),
         "max_future": _FAR_FUTURE,
     }
-    names = {f.name for f in dataclasses.fields(Settings)}
-    if "detectors" in names:
+    if detector is not None:
         changes["detectors"] = detector
-    elif "detector" in names:
-        changes["detector"] = detector
-    elif detector != "zscore":
-        raise ValueError(f"this flow runs only the zscore detector, not {detector!r}")
     settings = dataclasses.replace(base, **changes)
     settings.validate()
     return settings
@@ -367,7 +338,8 @@ def score_file(
     future limit are replaced as the module docstring says.
     """
     opts = options or ScoreOptions()
-    _check_detectors(opts.detector)
+    if opts.detector is not None:
+        _check_detectors(opts.detector)
     t0 = time.perf_counter()
     path = Path(path)
     fmt: Format = detect_format(path) if opts.fmt == "auto" else opts.fmt  # type: ignore[assignment]
@@ -402,16 +374,13 @@ def score_file(
     records, used = _readings(frame, sensor_ids, ts_ms)
     got = _run_flow(cfg, records, opts.batch_rows) if records else _Collected()
 
-    calibrator = Calibrator(opts.calib_history, opts.calib_short, opts.calib_warmup)
-    calibrated = calibrate_records(got.scores, calibrator)
-
     row_record = _row_records(got.scores, group, codes, t_arr, used, hop_ms)
     state = _alert_states(got.scores, got.alerts, cfg.alert_resolve_after)
     has = row_record >= 0
     pick = np.where(has, row_record, 0)
     if got.scores:
-        score = np.where(has, calibrated[pick], 0.0)
         raw = np.where(has, np.array([r.score for r in got.scores])[pick], 0.0)
+        score = raw
         alert = np.where(has, state[pick], 0).astype(np.int8)
     else:
         score, raw, alert = (np.zeros(frame.height), np.zeros(frame.height),
@@ -424,7 +393,7 @@ def score_file(
     })
     late = sum(1 for d in got.dead if d.reason == "late")
     ts = frame["ts"].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
-    threshold = got.scores[0].threshold if got.scores else cfg.zscore_threshold
+    threshold = got.scores[0].threshold if got.scores else cfg.alert_likelihood
     return ScoreResult(
         path=path, fmt=fmt, output=output, ts=ts, sensor_ids=sensor_ids, raw_score=raw,
         threshold=threshold, settings=cfg, hop=timedelta(milliseconds=hop_ms),
@@ -448,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Score a SKAB, NAB or Vigil CSV/Parquet file through the real Vigil dataflow "
             "(event time, no look-ahead) and write one row per input row, in input order: "
-            "timestamp,anomaly_score,alert. anomaly_score is the calibrated anomaly "
-            "probability in [0, 1]; alert is 1 while the flow has an alert open for the "
+            "timestamp,anomaly_score,alert. anomaly_score is the flow's combined anomaly "
+            "likelihood in [0, 1]; alert is 1 while the flow has an alert open for the "
             "row's sensor. Other settings are read from VIGIL_* variables (see "
             "docs/configuration.md); the flags below override them."
         ),
@@ -471,23 +440,27 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--window-rows", type=positive_int, default=10, metavar="N",
                    help="window length in hops")
     d = ap.add_argument_group("detector and alerts (override VIGIL_*)")
-    d.add_argument("--detector", default="zscore", type=_detector_arg, metavar="NAME[,NAME]",
-                   help=f"detector(s) that score the windows: {', '.join(DETECTORS)}")
-    d.add_argument("--threshold", type=positive_float, metavar="X",
-                   help="alert threshold on the raw score (VIGIL_ZSCORE_THRESHOLD)")
-    d.add_argument("--history", type=positive_int, metavar="N",
-                   help="detector history in windows (VIGIL_ZSCORE_HISTORY)")
-    d.add_argument("--warmup", type=int, metavar="N",
-                   help="windows before a sensor can alert (VIGIL_ZSCORE_WARMUP)")
+    d.add_argument("--detector", type=_detector_arg, metavar="NAME[,NAME]",
+                   help=f"detector(s) that score the windows: {', '.join(DETECTORS)} "
+                        "(default: VIGIL_DETECTORS; lstm_ae needs a model trained for the "
+                        "file's windows in VIGIL_MODEL_REGISTRY, else it is left out)")
+    d.add_argument("--threshold", type=positive_float, metavar="L",
+                   help="combined likelihood that makes a window anomalous "
+                        "(VIGIL_ALERT_LIKELIHOOD)")
+    d.add_argument("--open-after", type=positive_int, metavar="N",
+                   help="anomalous windows before an alert opens (VIGIL_ALERT_OPEN_AFTER)")
     d.add_argument("--resolve-after", type=positive_int, metavar="N",
                    help="normal windows that resolve an alert (VIGIL_ALERT_RESOLVE_AFTER)")
+    d.add_argument("--seed", type=int, metavar="N", help="HST forest seed (VIGIL_HST_SEED)")
     c = ap.add_argument_group("calibration (detectors/calibration.py)")
-    c.add_argument("--calib-history", type=positive_int, default=300, metavar="N",
-                   help="raw scores of history per sensor")
-    c.add_argument("--calib-short", type=positive_int, default=1, metavar="K",
-                   help="newest raw scores averaged into the short-term mean")
-    c.add_argument("--calib-warmup", type=positive_int, default=30, metavar="N",
-                   help="raw scores a sensor needs before it is calibrated (0 until then)")
+    c.add_argument("--calib-history", type=positive_int, metavar="N",
+                   help="raw scores of history per sensor (VIGIL_CALIBRATION_HISTORY)")
+    c.add_argument("--calib-short", type=positive_int, metavar="K",
+                   help="newest raw scores averaged into the short-term mean "
+                        "(VIGIL_CALIBRATION_SHORT)")
+    c.add_argument("--calib-warmup", type=positive_int, metavar="N",
+                   help="raw scores a sensor needs before it is calibrated "
+                        "(VIGIL_CALIBRATION_WARMUP)")
     ap.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     return ap
 
@@ -496,8 +469,7 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
     """ScoreOptions from parsed flags."""
     return ScoreOptions(
         fmt=args.format, tz=args.tz, sensor_id=args.sensor_id, window_rows=args.window_rows,
-        hop=args.hop, detector=args.detector, calib_history=args.calib_history,
-        calib_short=args.calib_short, calib_warmup=args.calib_warmup,
+        hop=args.hop, detector=args.detector,
     )
 
 
@@ -507,10 +479,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     changes = {
         name: value
         for name, value in (
-            ("zscore_threshold", args.threshold),
-            ("zscore_history", args.history),
-            ("zscore_warmup", args.warmup),
+            ("alert_likelihood", args.threshold),
+            ("alert_open_after", args.open_after),
             ("alert_resolve_after", args.resolve_after),
+            ("hst_seed", args.seed),
+            ("calibration_history", args.calib_history),
+            ("calibration_short", args.calib_short),
+            ("calibration_warmup", args.calib_warmup),
         )
         if value is not None
     }
@@ -531,7 +506,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         opts = options_from_args(args)
-        Calibrator(opts.calib_history, opts.calib_short, opts.calib_warmup)  # validate early
         result = score_file(args.input, opts, settings)
         write_output(result, args.output)
     except (SettingsError, ReplayError, ValueError, OSError, pl.exceptions.PolarsError) as exc:

@@ -11,7 +11,8 @@ Contract
 * The model does not learn online; "learning" is only the ring moving on.
 * Hot reload: at most every ``reload_every_s`` seconds it reads the registry's ``ACTIVE``
   pointer. A new version is loaded and checked before it replaces the old one; if it fails,
-  the old model keeps scoring and the reason is logged (once per failing version). Sensors'
+  the previously active version (the registry's activation history) scores instead, or the
+  model already loaded if that is it, and the reason is logged (once per failing version). Sensors'
   rings survive a switch when the new model has the same features; otherwise they restart
   their warm-up (logged). Every verdict carries the version that produced it (``version``).
 * ``snapshot()``/``restore()``: the rings and the version they were built for.
@@ -102,11 +103,17 @@ class AutoencoderDetector:
             model = LstmAutoencoder(self.registry.check(active))
         except Exception as exc:  # a broken model must never stop scoring
             self._failed = active
+            model = self._fallback(active)
+            if model is None:
+                log.error(
+                    "model %s could not be loaded, still scoring with %s: %s",
+                    active, self.model.version, exc,
+                )
+                return False
             log.error(
-                "model %s could not be loaded, still scoring with %s: %s",
-                active, self.model.version, exc,
+                "model %s could not be loaded, falling back to the previously active %s: %s",
+                active, model.version, exc,
             )
-            return False
         old = self.model
         self.model, self._failed = model, None
         self._metric_of = self._metrics_for(model)
@@ -118,6 +125,17 @@ class AutoencoderDetector:
             )
         log.info("switched model %s -> %s", old.version, model.version)
         return True
+
+    def _fallback(self, failed: str) -> LstmAutoencoder | None:
+        """The last good version activated before ``failed``, if this shard still runs an
+        older one (it saw no window between the two activations); None to keep the model."""
+        try:
+            previous = self.registry.previous_active()
+            if previous is None or previous.version in (failed, self.model.version):
+                return None
+            return LstmAutoencoder(self.registry.check(previous.version))
+        except Exception:  # the previous one is broken too: keep what scores now
+            return None
 
     @staticmethod
     def _metrics_for(model: LstmAutoencoder) -> np.ndarray:

@@ -107,6 +107,9 @@ def combine(
       one at 0.99 and one at 0.5 give 0.97 and two at 0.5 give 0.40. A single detector is
       returned unchanged. Independence is an optimistic assumption for correlated
       detectors.
+    * NaN means "this detector has no opinion on this window yet" (still warming up): it is
+      left out and the degrees of freedom shrink, so a warming detector neither dilutes nor
+      boosts the others. A window with no opinion at all gets 0.
     * ``"max"``: the largest likelihood; never more confident than the most confident
       detector (conservative, and right when detectors watch different failure modes).
     """
@@ -115,22 +118,28 @@ def combine(
         arr = arr[:, None]
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise ValueError("probabilities must have shape (detectors, n) with at least one row")
-    arr = np.clip(arr, 0.0, 1.0)
+    missing = np.isnan(arr)
+    arr = np.clip(np.where(missing, 0.0, arr), 0.0, 1.0)
     if method == "max":
         return arr.max(axis=0)
     if method != "fisher":
         raise ValueError(f"unknown method {method!r}; use 'fisher' or 'max'")
-    d = arr.shape[0]
-    if d == 1:
-        return arr[0].copy()
-    p = np.maximum(1.0 - arr, 1e-300)
+    d = (~missing).sum(axis=0)  # detectors with an opinion, per window
+    p = np.where(missing, 1.0, np.maximum(1.0 - arr, 1e-300))
     half = -np.log(p).sum(axis=0)  # X / 2
     # Survival of χ² with 2d dof at X: exp(−X/2) Σ_{j<d} (X/2)^j / j!, summed in log space.
-    terms = np.stack([j * np.log(np.maximum(half, 1e-300)) - math.lgamma(j + 1) for j in range(d)])
+    terms = np.stack([
+        j * np.log(np.maximum(half, 1e-300)) - math.lgamma(j + 1) for j in range(arr.shape[0])
+    ])
     terms[0] = 0.0  # (X/2)^0 / 0! = 1 even when X = 0
+    terms = np.where(np.arange(arr.shape[0])[:, None] < np.maximum(d, 1)[None, :], terms, -np.inf)
     top = terms.max(axis=0)
     log_sf = -half + top + np.log(np.exp(terms - top).sum(axis=0))
-    return np.clip(1.0 - np.exp(np.minimum(log_sf, 0.0)), 0.0, 1.0)
+    out = np.clip(1.0 - np.exp(np.minimum(log_sf, 0.0)), 0.0, 1.0)
+    single = d == 1  # one opinion: return it exactly, not through exp/log round trips
+    if single.any():
+        out[single] = arr[:, single].max(axis=0)
+    return out
 
 
 class _Sensor:
@@ -235,6 +244,68 @@ class Calibrator:
                 for (s, _), row in zip(part, new, strict=True):
                     s.learn(row)
         return out
+
+    def score(
+        self,
+        sensor_ids: Sequence[str],
+        raw: npt.ArrayLike,
+        warming: npt.ArrayLike | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """Likelihood of each raw score against its sensor's history, learning nothing.
+
+        With :meth:`learn` this splits :meth:`update` in two, so a caller can decide from the
+        likelihoods which scores to learn (the flow does not learn scores it alerted on, so a
+        long incident does not become the sensor's normal). Each sensor may appear at most
+        once per call.
+        """
+        x = np.asarray(raw, dtype=np.float64).reshape(-1)
+        if len(sensor_ids) != x.size:
+            raise ValueError(f"{len(sensor_ids)} sensor ids for {x.size} scores")
+        if len(set(sensor_ids)) != len(sensor_ids):
+            raise ValueError("score() takes each sensor at most once; use update() for runs")
+        skip = ~np.isfinite(x)
+        if warming is not None:
+            skip |= np.asarray(warming, dtype=bool).reshape(-1)
+        out = np.full(x.size, self.warmup_value, dtype=np.float64)
+        known = [
+            (i, s) for i, sid in enumerate(sensor_ids)
+            if not skip[i] and (s := self._sensors.get(sid)) is not None
+        ]
+        step = max(1, _CHUNK_ELEMENTS // self.history)
+        for r0 in range(0, len(known), step):
+            part = known[r0 : r0 + step]
+            idx = np.array([i for i, _ in part])
+            sensors = [s for _, s in part]
+            counts = np.array([s.count for s in sensors])
+            new = x[idx].astype(np.float32)[:, None]
+            out[idx] = self._score(self._histories(sensors), counts, new)[:, 0]
+        return out
+
+    def learn(
+        self,
+        sensor_ids: Sequence[str],
+        raw: npt.ArrayLike,
+        mask: npt.ArrayLike | None = None,
+    ) -> None:
+        """Add raw scores (where ``mask`` is True, and finite) to their sensors' histories."""
+        x = np.asarray(raw, dtype=np.float64).reshape(-1)
+        if len(sensor_ids) != x.size:
+            raise ValueError(f"{len(sensor_ids)} sensor ids for {x.size} scores")
+        keep = np.isfinite(x)
+        if mask is not None:
+            keep &= np.asarray(mask, dtype=bool).reshape(-1)
+        x32 = x.astype(np.float32)
+        for i in np.flatnonzero(keep).tolist():
+            sid = sensor_ids[i]
+            s = self._sensors.get(sid)
+            if s is None:
+                s = self._sensors[sid] = _Sensor(self.history)
+            s.learn(x32[i : i + 1])
+
+    def seen(self, sensor_id: str) -> int:
+        """How many raw scores of this sensor were learned (0 for an unknown sensor)."""
+        s = self._sensors.get(sensor_id)
+        return 0 if s is None else s.count
 
     def _histories(self, sensors: list[_Sensor]) -> npt.NDArray[np.float64]:
         """(R, N) histories oldest → newest, NaN-padded at the front while not yet full."""

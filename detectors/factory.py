@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 
 from detectors.base import Detector
+from detectors.ensemble import CalibrationConfig, Ensemble
+from detectors.policy import AlertPolicy
 from detectors.zscore import RobustZScore
 from flows.settings import Settings
+from flows.stages import ScoreStage
 
 log = logging.getLogger("vigil.detectors")
 
@@ -24,7 +27,16 @@ def build_detectors(settings: Settings) -> list[Detector]:
     """One instance of each configured detector (the flow builds one set per state shard)."""
     out: list[Detector] = []
     for name in settings.detector_names:
-        if name == "zscore":
+        if name == "hst":
+            from detectors.hst import HalfSpaceTreesDetector
+
+            out.append(HalfSpaceTreesDetector(
+                settings.hst_threshold,
+                seed=settings.hst_seed,
+                warmup=settings.hst_warmup,
+                half_life_s=settings.hst_half_life.total_seconds(),
+            ))
+        elif name == "zscore":
             out.append(RobustZScore(
                 settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup
             ))
@@ -35,10 +47,26 @@ def build_detectors(settings: Settings) -> list[Detector]:
     if not out:
         raise DetectorConfigError(
             "no detector can run with these settings (see the warnings above); "
-            "set VIGIL_DETECTORS=zscore or point VIGIL_MODEL_REGISTRY at a model trained "
+            "set VIGIL_DETECTORS=hst or point VIGIL_MODEL_REGISTRY at a model trained "
             "for these windows"
         )
     return out
+
+
+def build_score_stage(settings: Settings) -> ScoreStage:
+    """Detectors, their calibration and the alert policy, as one state shard runs them."""
+    detectors = build_detectors(settings)
+    ensemble = Ensemble(detectors, CalibrationConfig(
+        history=settings.calibration_history,
+        short=settings.calibration_short,
+        warmup=settings.calibration_warmup,
+        alert_likelihood=settings.alert_likelihood,
+    ))
+    policy = AlertPolicy(
+        settings.critical_likelihood, settings.alert_resolve_after, settings.alert_open_after,
+        detectors=ensemble.names,
+    )
+    return ScoreStage(ensemble, policy)
 
 
 def _autoencoder(settings: Settings) -> Detector | None:

@@ -6,8 +6,12 @@ Contract (``detectors.base.Detector``)
   it, then learns it, and returns one ``Verdict`` per window in batch order. A sensor's windows
   are taken in the order given. A sensor's feature set is fixed by its first window (later
   extra metrics are ignored, missing ones count as normal); ``forget`` it to start over.
-* ``score`` is River's HST anomaly score in ``[0, 1]`` (larger = more anomalous);
-  ``anomalous`` is ``score >= threshold``. ``contributors`` are the three metrics with the
+* ``score`` is River's HST anomaly score ``s`` in ``[0, 1]`` plus the window's largest
+  squashed deviation ``u`` (below) in ``[0, 1)``, so in ``[0, 2)``; ``anomalous`` is
+  ``s >= threshold``. Why the sum: HST's score saturates (every window in an empty region
+  of the forest gets the same top score), so among them only ``u`` tells a huge deviation
+  from a modest one, and per-sensor calibration needs that order to rank a new incident
+  above the sensor's everyday spikes. ``contributors`` are the three metrics with the
   largest standardised deviation (``max |z|`` over the metric's features), weight = that
   ``|z|``.
 * ``warming_up`` is True (score 0, never anomalous) while the sensor's standardiser has seen
@@ -68,7 +72,10 @@ Design choices (and why)
   EWMA rate, so the first windows count equally; once warm, residuals are clipped at ``clip``
   deviations (a Huber-type M-estimate), so one odd window moves the location little. The
   EWMA half-life is event time (``half_life_s``, default 30 min), not a window count, so it
-  means the same at 1 s and 1 min hops. Measured: SKAB (1 s hops) needs >= ~10 min (at 1-2
+  means the same at 1 s and 1 min hops; it is never shorter than ``min_half_life_windows``
+  (30) windows, because at coarse hops (NAB's 5 min) 30 min would be 6 windows and the
+  standardiser would chase noise (pure noise then scored like an anomaly). Measured: SKAB
+  (1 s hops) needs >= ~10 min (at 1-2
   min the location follows the valve incidents before they are flagged: F1 0.42-0.57), the
   simulator's daily cycle (1 min hops) needs <= ~1 h (at 5 h, 21 % of clean windows alarm;
   at 30-60 min, 1.4 %). The deviation floor is relative to the level
@@ -180,6 +187,7 @@ class HalfSpaceTreesDetector:
         features: tuple[str, ...] = DEFAULT_FEATURES,
         warmup: int = 30,
         half_life_s: float = 1800.0,
+        min_half_life_windows: float = 30.0,
         squash: float = 20.0,
         clip: float = 3.0,
         anomaly_weight: float = 0.3,
@@ -203,6 +211,9 @@ class HalfSpaceTreesDetector:
         self.features = tuple(features)
         self.warmup = warmup
         self.half_life_s = half_life_s
+        self.min_half_life_windows = min_half_life_windows
+        # at coarse hops (5 min, 1 h) half_life_s would be only a few windows: too noisy
+        self._max_rate = 1.0 - 2.0 ** (-1.0 / max(min_half_life_windows, 1e-9))
         self.squash = squash
         self.clip = clip
         self.anomaly_weight = anomaly_weight
@@ -268,7 +279,9 @@ class HalfSpaceTreesDetector:
         resid = np.where(missing, 0.0, x - mean)
         z = np.clip(resid / scale, -_Z_CAP, _Z_CAP)
         per_metric = np.maximum.reduceat(np.abs(z), g.starts, axis=1)  # (G, M)
-        u = np.tanh(per_metric / self.squash).tolist()
+        u_arr = np.tanh(per_metric / self.squash)
+        u = u_arr.tolist()
+        umax = u_arr.max(axis=1).tolist() if u_arr.shape[1] else [0.0] * len(pos)
         # What the forest learns from an anomalous window: its deviations cut back to `clip`
         u_edge = np.tanh(np.minimum(per_metric, self.clip) / self.squash).tolist()
 
@@ -302,7 +315,8 @@ class HalfSpaceTreesDetector:
             else:
                 pm = per_metric[j]
                 top = [Contributor(metrics[k], round(float(pm[k]), 3)) for k in order[j]]
-                verdicts[i] = Verdict(scores[j], bool(anomalous[j]), top)
+                # tie-break HST's saturating mass score by how far the window deviates
+                verdicts[i] = Verdict(scores[j] + umax[j], bool(anomalous[j]), top)
 
     def _learn(
         self, g: _Group, rows: np.ndarray, span: np.ndarray, mean: np.ndarray, dev: np.ndarray,
@@ -315,7 +329,9 @@ class HalfSpaceTreesDetector:
         # EWMA rate from event time elapsed since the sensor's last window (a gap counts as at
         # most one window length), so the half-life means the same at any hop.
         elapsed = np.clip(end - meta[:, _LAST_END], 0, end - span[:, 0])
-        ewma = 1.0 - np.exp2(-elapsed / (1000.0 * self.half_life_s))
+        ewma = np.minimum(
+            1.0 - np.exp2(-elapsed / (1000.0 * self.half_life_s)), self._max_rate
+        )
         rate = np.maximum(1.0 / (n + 1.0), ewma)[:, None]
         held = (anomalous & self.hold_anomalies)[:, None] & (np.abs(z) >= self.clip)
         rate = np.where(held, rate * self.anomaly_weight, rate)

@@ -26,8 +26,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 
-from detectors.factory import DetectorConfigError, build_detectors
-from detectors.policy import AlertPolicy
+from detectors.factory import DetectorConfigError, build_detectors, build_score_stage
 from flows import metrics
 from flows.decode import BatchDecoder, DecodedBatch, RawBatch
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord, encoder
@@ -120,12 +119,7 @@ def build_flow(
         return _WindowedFeatures(FeatureStage.restore(spec, state, topic))
 
     def new_scorer(state: bytes | None) -> _ScoreWindows:
-        detectors = build_detectors(settings)
-        policy = AlertPolicy(
-            ScoreStage.THRESHOLD, settings.alert_resolve_after,
-            detectors=tuple(d.name for d in detectors),
-        )
-        stage = ScoreStage(detectors, policy)
+        stage = build_score_stage(settings)
         if state is not None:
             stage.restore(state)
         return _ScoreWindows(stage)

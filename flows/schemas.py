@@ -66,7 +66,12 @@ class Contributor(msgspec.Struct, frozen=True):
 
 
 class ScoreRecord(msgspec.Struct, frozen=True):
-    """One sensor's score for one closed window (one per sensor per hop)."""
+    """One sensor's score for one closed window (one per sensor per hop).
+
+    ``score`` is the combined anomaly likelihood in [0, 1] (``threshold`` is the alert
+    level); ``detectors`` holds each detector's raw score and ``likelihoods`` its calibrated
+    likelihood (absent while that detector is still warming up for the sensor).
+    """
 
     sensor_id: str
     window_start: datetime
@@ -78,6 +83,7 @@ class ScoreRecord(msgspec.Struct, frozen=True):
     contributors: list[Contributor]
     readings: int
     model_version: str
+    likelihoods: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class Alert(msgspec.Struct, frozen=True):

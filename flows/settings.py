@@ -19,7 +19,7 @@ PREFIX = "VIGIL_"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-DETECTOR_NAMES = ("zscore", "lstm_ae")  # what VIGIL_DETECTORS may list
+DETECTOR_NAMES = ("hst", "lstm_ae", "zscore")  # what VIGIL_DETECTORS may list
 _BROKER = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
 
@@ -143,9 +143,10 @@ class Settings:
 
     # --- Detectors --------------------------------------------------------------------------
     detectors: str = _doc(
-        "Comma-separated detectors to run: zscore, lstm_ae. Each window's score is the "
-        "largest of their scores divided by their own thresholds (1.0 = at threshold).",
-        default="zscore,lstm_ae",
+        "Comma-separated detectors to run: hst (River Half-Space Trees), lstm_ae (ONNX LSTM "
+        "autoencoder), zscore (robust z-score). Their raw scores are calibrated per sensor and "
+        "combined into one anomaly likelihood (docs/architecture.md#detection).",
+        default="hst,lstm_ae",
     )
     model_registry: str = _doc(
         "Model registry folder for lstm_ae (versions + ACTIVE pointer); empty uses the model "
@@ -167,6 +168,45 @@ class Settings:
     )
     zscore_warmup: int = _doc(
         "Windows a sensor must have seen before it can raise an alert.", default=10
+    )
+
+    # --- Half-Space Trees detector ----------------------------------------------------------
+    hst_threshold: float = _doc(
+        "HST score (0..1) at which the detector itself calls a window anomalous and stops "
+        "learning it (its protection against incidents becoming normal).",
+        default=0.35,
+    )
+    hst_seed: int = _doc("Random seed of the Half-Space Trees forests.", default=42)
+    hst_half_life: timedelta = _doc(
+        "Event-time half-life of HST's per-sensor running standardiser: how fast a sensor's "
+        "normal level may drift.",
+        default=timedelta(minutes=30),
+    )
+    hst_warmup: int = _doc(
+        "Windows a sensor's standardiser must see before HST scores it.", default=30
+    )
+
+    # --- Calibration and alert policy -------------------------------------------------------
+    calibration_history: int = _doc(
+        "Raw scores per sensor and detector that a new score is ranked against.", default=300
+    )
+    calibration_short: int = _doc(
+        "Newest raw scores averaged before ranking (smooths single-window noise).", default=3
+    )
+    calibration_warmup: int = _doc(
+        "Raw scores a sensor needs per detector before it can alert.", default=30
+    )
+    alert_likelihood: float = _doc(
+        "Combined anomaly likelihood (0..1) at or above which a window is anomalous; "
+        "0.999 means about one window in a thousand of a steady sensor.",
+        default=0.999,
+    )
+    critical_likelihood: float = _doc(
+        "Peak likelihood at which an alert's severity is critical instead of warning.",
+        default=0.99999,
+    )
+    alert_open_after: int = _doc(
+        "Consecutive anomalous windows before an alert opens (debounce).", default=2
     )
     alert_resolve_after: int = _doc(
         "Consecutive normal windows after which an open alert is resolved.", default=3
@@ -277,8 +317,22 @@ class Settings:
             )
         if self.model_reload_interval <= timedelta(0):
             p.append("VIGIL_MODEL_RELOAD_INTERVAL must be positive")
-        if self.alert_resolve_after < 1:
-            p.append("VIGIL_ALERT_RESOLVE_AFTER must be at least 1")
+        for name in ("alert_resolve_after", "alert_open_after", "hst_warmup"):
+            if getattr(self, name) < 1:
+                p.append(f"VIGIL_{name.upper()} must be at least 1")
+        if not self.calibration_short < self.calibration_warmup <= self.calibration_history:
+            p.append(
+                "need VIGIL_CALIBRATION_SHORT < VIGIL_CALIBRATION_WARMUP <= "
+                "VIGIL_CALIBRATION_HISTORY"
+            )
+        if not 0.5 <= self.alert_likelihood < 1.0:
+            p.append(f"VIGIL_ALERT_LIKELIHOOD must lie in [0.5, 1), got {self.alert_likelihood}")
+        if not self.alert_likelihood <= self.critical_likelihood <= 1.0:
+            p.append("VIGIL_CRITICAL_LIKELIHOOD must lie between VIGIL_ALERT_LIKELIHOOD and 1")
+        if not 0.0 < self.hst_threshold < 1.0:
+            p.append(f"VIGIL_HST_THRESHOLD must lie in (0, 1), got {self.hst_threshold}")
+        if self.hst_half_life <= timedelta(0):
+            p.append("VIGIL_HST_HALF_LIFE must be positive")
         if self.zscore_threshold <= 0:
             p.append("VIGIL_ZSCORE_THRESHOLD must be positive")
         if self.zscore_warmup > self.zscore_history:

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from detectors.base import Detector, Verdict
+from detectors.base import Verdict
+from detectors.ensemble import Ensemble
 from detectors.policy import AlertPolicy, Incident
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord
 from flows.windows import ClosedWindow, SensorWindows, WindowSpec
@@ -130,71 +131,56 @@ class ScoreOutput:
 
 
 class ScoreStage:
-    """Scores closed windows with one or more detectors and applies the alert policy.
+    """Judges closed windows with the detector ensemble and applies the alert policy.
 
-    Detectors' raw scores live on different scales, so each is divided by its own threshold
-    and the window's score is the largest ratio (1.0 = at threshold); a window is anomalous
-    when any detector says so, and the alert names the detectors that fired. (Calibrated tail
-    probabilities replace the ratio in a later step.)
+    ``detectors.ensemble.Ensemble`` calibrates each detector's raw score per sensor and
+    combines them into one likelihood; the policy turns anomalous windows into one alert per
+    incident. Both are plain objects; this class only maps their output onto wire records.
     """
 
-    THRESHOLD = 1.0
-
-    def __init__(self, detectors: Detector | list[Detector], policy: AlertPolicy) -> None:
-        self.detectors = detectors if isinstance(detectors, list) else [detectors]
+    def __init__(self, ensemble: Ensemble, policy: AlertPolicy) -> None:
+        self.ensemble = ensemble
         self.policy = policy
 
     @property
     def version(self) -> str:
-        """Versions of every detector, e.g. ``zscore-1+v0001-788d47c9``."""
-        return "+".join(d.version for d in self.detectors)
+        """Versions of every detector, e.g. ``hst-1+v0001-2334da8e``."""
+        return self.ensemble.version
 
     def process(self, windows: list[tuple[str, ClosedWindow]]) -> ScoreOutput:
-        """Score each window (in order) with every detector, then update each incident."""
+        """Judge each window (in order), then update each sensor's incident."""
         out = ScoreOutput()
         if not windows:
             return out
-        all_verdicts = [d.score_and_learn(windows) for d in self.detectors]
-        version = self.version
-        names = [d.name for d in self.detectors]
-        thresholds = [d.threshold for d in self.detectors]
-        for j, (sid, window) in enumerate(windows):
-            verdicts = [v[j] for v in all_verdicts]
-            ratios = [
-                0.0 if v.warming_up else v.score / t
-                for v, t in zip(verdicts, thresholds, strict=True)
-            ]
-            best = max(range(len(ratios)), key=ratios.__getitem__)
-            fired = tuple(n for n, v in zip(names, verdicts, strict=True) if v.anomalous)
-            combined = Verdict(
-                ratios[best], bool(fired), verdicts[best].contributors,
-                warming_up=all(v.warming_up for v in verdicts),
-            )
+        judgements = self.ensemble.score_and_learn(windows)
+        version = self.version  # after scoring: a hot reload shows in this batch's records
+        threshold = self.ensemble.config.alert_likelihood
+        for (sid, window), j in zip(windows, judgements, strict=True):
             start, end = window.start, window.end
             out.scores.append(ScoreRecord(
                 sensor_id=sid, window_start=start, window_end=end,
-                score=round(combined.score, 6), threshold=self.THRESHOLD,
-                anomalous=combined.anomalous,
-                detectors={n: round(v.score, 6) for n, v in zip(names, verdicts, strict=True)},
-                contributors=combined.contributors, readings=window.readings,
+                score=round(j.likelihood, 6), threshold=threshold, anomalous=j.anomalous,
+                detectors={n: round(v, 6) for n, v in j.raw.items()},
+                contributors=j.contributors, readings=window.readings,
                 model_version=version,
+                likelihoods={n: round(v, 6) for n, v in j.likelihoods.items()},
             ))
-            alert = self.policy.update(sid, start, end, combined, version, fired)
+            verdict = Verdict(j.likelihood, j.anomalous, j.contributors, j.warming_up)
+            alert = self.policy.update(sid, start, end, verdict, version, j.fired)
             if alert is not None:
                 out.alerts.append(alert)
         return out
 
     def snapshot(self) -> bytes:
-        """Each detector's state by name, plus open incidents."""
+        """Ensemble state plus open and pending incidents."""
         return pickle.dumps(
-            ({d.name: d.snapshot() for d in self.detectors}, self.policy.open),
+            (self.ensemble.snapshot(), self.policy.open, self.policy.pending),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     def restore(self, state: bytes) -> None:
-        """Load state from ``snapshot()``; a detector added since starts fresh."""
-        detector_states, open_incidents = pickle.loads(state)
-        for d in self.detectors:
-            if d.name in detector_states:
-                d.restore(detector_states[d.name])
+        """Load state from ``snapshot()``."""
+        ensemble_state, open_incidents, pending = pickle.loads(state)
+        self.ensemble.restore(ensemble_state)
         self.policy.open = dict[str, Incident](open_incidents)
+        self.policy.pending = dict[str, Incident](pending)

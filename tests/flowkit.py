@@ -23,6 +23,8 @@ FAST = Settings(
     allowed_lateness=timedelta(seconds=5),
     max_future=timedelta(days=36500),
     state_shards=4,
+    # HST needs ~280 windows before it judges; these runs are 120 windows per sensor
+    detectors="zscore",
     zscore_warmup=5,
 )
 

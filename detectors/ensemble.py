@@ -1,0 +1,166 @@
+"""Several detectors, calibrated per sensor and combined into one anomaly likelihood per window.
+
+Contract
+--------
+* ``score_and_learn(batch)`` takes ``(sensor_id, ClosedWindow)`` pairs (a sensor's windows in
+  event-time order) and returns one :class:`Judgement` per window, in batch order. Every
+  detector scores the whole batch first (each from its state before the window, then learns
+  it); then, round by round (at most one window per sensor per round, so a sensor's later
+  window sees its earlier one), each detector's raw score is turned into a likelihood in
+  [0, 1] by that detector's :class:`~detectors.calibration.Calibrator` (the score's tail
+  probability against the sensor's own recent raw scores), and the likelihoods are combined
+  with Fisher's method (:func:`~detectors.calibration.combine`).
+* A window is ``anomalous`` when the combined likelihood reaches ``alert_likelihood``. The
+  calibrators do not learn the raw scores of anomalous windows (the detectors have their own
+  protection as well), so an incident is judged against the sensor's history from before it
+  and does not turn into "normal" after ``history`` windows.
+* A detector still warming up (its own warm-up, or fewer than ``warmup`` calibrated scores
+  for the sensor) has no opinion: its likelihood is NaN, left out of the combination. A
+  window no detector has an opinion on is ``warming_up`` with likelihood 0.
+* ``contributors`` come from the detector with the highest likelihood; ``fired`` lists the
+  detectors whose own likelihood reached ``fired_likelihood`` (or, when only their
+  combination did, the most confident one).
+* ``snapshot()``/``restore()`` cover every detector and calibrator; detectors are keyed by
+  name, so adding one later starts it fresh while the others keep their state.
+
+Why calibrate at all: raw scores live on unrelated scales (an HST mass in [0, 1], a
+reconstruction error of 0.3 or 300) and differ per sensor; a per-sensor tail probability is
+one scale on which a single threshold and a combination both mean something.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+
+from detectors.base import Detector, sensor_rounds
+from detectors.calibration import Calibrator, combine
+from flows.schemas import Contributor
+from flows.windows import ClosedWindow
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """The combined opinion of all detectors on one window."""
+
+    likelihood: float
+    anomalous: bool
+    raw: dict[str, float]
+    likelihoods: dict[str, float]
+    contributors: list[Contributor]
+    fired: tuple[str, ...]
+    warming_up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationConfig:
+    """How raw scores become likelihoods and when a window counts as anomalous."""
+
+    history: int = 300
+    """Raw scores per sensor and detector a new score is ranked against."""
+    short: int = 3
+    """Newest raw scores averaged before ranking (HTM's short-term mean)."""
+    warmup: int = 30
+    """Calibrated scores a sensor needs before that detector has an opinion."""
+    alert_likelihood: float = 0.999
+    """Combined likelihood at which a window is anomalous."""
+    fired_likelihood: float = 0.99
+    """A detector's own likelihood at which it is named among those that fired."""
+
+
+class Ensemble:
+    """Detectors plus one calibrator each; the flow keeps one per state shard."""
+
+    def __init__(self, detectors: list[Detector], config: CalibrationConfig | None = None) -> None:
+        if not detectors:
+            raise ValueError("an ensemble needs at least one detector")
+        names = [d.name for d in detectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"detector names must be unique, got {names}")
+        self.detectors = detectors
+        self.config = config or CalibrationConfig()
+        c = self.config
+        self.calibrators = {
+            d.name: Calibrator(c.history, c.short, c.warmup) for d in detectors
+        }
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Detector names in configured order."""
+        return tuple(d.name for d in self.detectors)
+
+    @property
+    def version(self) -> str:
+        """Versions of every detector, e.g. ``hst-1+v0001-2334da8e``."""
+        return "+".join(d.version for d in self.detectors)
+
+    def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Judgement]:
+        """Judge every window from the state before it, then learn it (module docstring)."""
+        if not batch:
+            return []
+        c = self.config
+        verdicts = [d.score_and_learn(batch) for d in self.detectors]
+        names = self.names
+        out: list[Judgement | None] = [None] * len(batch)
+        for idx in sensor_rounds(batch):
+            sids = [batch[i][0] for i in idx]
+            raw = np.array([[v[i].score for i in idx] for v in verdicts])  # (D, R)
+            warm = np.array([[v[i].warming_up for i in idx] for v in verdicts])
+            lik = np.full(raw.shape, np.nan)
+            for k, name in enumerate(names):
+                cal = self.calibrators[name]
+                ready = ~warm[k] & np.array([cal.seen(s) >= c.warmup for s in sids])
+                scored = cal.score(sids, raw[k], warm[k])
+                lik[k, ready] = scored[ready]
+            combined = combine(lik)
+            anomalous = combined >= c.alert_likelihood
+            for k, name in enumerate(names):
+                self.calibrators[name].learn(sids, raw[k], ~warm[k] & ~anomalous)
+            for r, i in enumerate(idx):
+                col = lik[:, r]
+                has = ~np.isnan(col)
+                if has.any():
+                    best = int(np.nanargmax(col))
+                    fired = tuple(
+                        n for n, x in zip(names, col, strict=True) if x >= c.fired_likelihood
+                    ) or ((names[best],) if anomalous[r] else ())
+                    contributors = verdicts[best][i].contributors
+                else:
+                    fired, contributors = (), []
+                out[i] = Judgement(
+                    likelihood=float(combined[r]),
+                    anomalous=bool(anomalous[r]),
+                    raw={n: float(raw[k, r]) for k, n in enumerate(names)},
+                    likelihoods={n: float(col[k]) for k, n in enumerate(names) if has[k]},
+                    contributors=contributors,
+                    fired=fired,
+                    warming_up=not has.any(),
+                )
+        return out  # type: ignore[return-value]
+
+    def snapshot(self) -> bytes:
+        """Detector and calibrator state, keyed by detector name."""
+        return pickle.dumps(
+            {
+                d.name: (d.snapshot(), self.calibrators[d.name].snapshot())
+                for d in self.detectors
+            },
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+    def restore(self, state: bytes) -> None:
+        """Load ``snapshot()``; a detector missing from it starts fresh."""
+        saved = pickle.loads(state)
+        for d in self.detectors:
+            if d.name in saved:
+                det_state, cal_state = saved[d.name]
+                d.restore(det_state)
+                self.calibrators[d.name].restore(cal_state)
+
+    def forget(self, sensor_id: str) -> None:
+        """Drop a sensor from every detector and calibrator."""
+        for d in self.detectors:
+            d.forget(sensor_id)
+            self.calibrators[d.name].forget(sensor_id)
