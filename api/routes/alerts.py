@@ -8,7 +8,7 @@ from typing import Annotated
 from litestar import Request, get, patch, post
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.openapi.spec import Example
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, HeaderParameter, Parameter
 from litestar.response import ServerSentEvent
 
 from api._auth import require_token
@@ -26,7 +26,7 @@ ALERT_EXAMPLE = {
     "windows": 1,
 }
 
-SensorQ = Annotated[str | None, Parameter(query="sensor_id", description="only this sensor")]
+SensorQ = Annotated[str | None, Parameter(description="only this sensor")]
 SeverityQ = Annotated[Severity | None, Parameter(description="warning or critical")]
 StatusQ = Annotated[LifecycleStatus | None, Parameter(description="open, acknowledged, resolved")]
 DetectorQ = Annotated[str | None, Parameter(description="alerts raised by this detector")]
@@ -97,11 +97,11 @@ async def stream_alerts(
     severity: SeverityQ = None,
     status: StatusQ = None,
     detector: DetectorQ = None,
-    last_event_id: Annotated[int | None, Parameter(
-        header="Last-Event-ID", ge=0, description="resume after this event id",
+    last_event_id: Annotated[int | None, HeaderParameter(
+        name="Last-Event-ID", ge=0, description="resume after this event id",
     )] = None,
     after: Annotated[int | None, Parameter(
-        query="after", ge=0, description="like Last-Event-ID, for clients that cannot set it "
+        ge=0, description="like Last-Event-ID, for clients that cannot set it "
         "(0 replays every stored event)",
     )] = None,
 ) -> ServerSentEvent:
@@ -113,7 +113,7 @@ async def stream_alerts(
 
 
 @get("/v1/alerts/{alert_id:str}", tags=["alerts"], summary="One alert with its lifecycle")
-async def get_alert(request: Request, alert_id: str) -> AlertView:
+async def get_alert(request: Request, alert_id: FromPath[str]) -> AlertView:
     """The alert, or 404."""
     try:
         return ctx(request).store.get_alert(alert_id)
@@ -127,7 +127,7 @@ async def get_alert(request: Request, alert_id: str) -> AlertView:
 )
 async def update_alert(
     request: Request,
-    alert_id: str,
+    alert_id: FromPath[str],
     data: Annotated[AlertPatch, Body(examples=[
         Example(summary="acknowledge", value={"status": "acknowledged", "by": "alice"}),
         Example(summary="resolve", value={"status": "resolved", "by": "alice",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from litestar import Request, Response, get, post
+from litestar.params import JSONBody
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api._auth import require_token
@@ -54,6 +55,6 @@ async def metrics(request: Request) -> Response[bytes]:
     "/v1/heartbeat", guards=[require_token], status_code=204, tags=["health"],
     summary="A sign of life from the flow",
 )
-async def heartbeat(request: Request, data: Heartbeat) -> None:
+async def heartbeat(request: Request, data: JSONBody[Heartbeat]) -> None:
     """The flow's API sink calls this regularly; /ready reports the newest one's age."""
     ctx(request).store.heartbeat(data.source)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Request, get, post
 from litestar.concurrency import sync_to_thread
 from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import FromPath
 
 from api._auth import require_token
 from api.routes._common import ctx
@@ -45,7 +46,7 @@ async def list_models(request: Request) -> ModelList:
     "/v1/models/{version:str}/activate", guards=[require_token], status_code=200,
     tags=["models"], summary="Activate a model version (the flow hot-reloads it)",
 )
-async def activate_model(request: Request, version: str) -> ModelList:
+async def activate_model(request: Request, version: FromPath[str]) -> ModelList:
     """Check the version loads and runs, then point ACTIVE at it.
 
     The flow's lstm_ae detector notices within VIGIL_MODEL_RELOAD_INTERVAL. The model bundled

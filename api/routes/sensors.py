@@ -8,7 +8,7 @@ from typing import Annotated
 from litestar import Request, get, post
 from litestar.exceptions import NotFoundException
 from litestar.openapi.spec import Example
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, Parameter
 
 from api._auth import require_token
 from api._store import NotFound
@@ -57,7 +57,7 @@ async def list_sensors(
 
 
 @get("/v1/sensors/{sensor_id:str}", tags=["sensors"], summary="One sensor's latest status")
-async def get_sensor(request: Request, sensor_id: str) -> SensorStatus:
+async def get_sensor(request: Request, sensor_id: FromPath[str]) -> SensorStatus:
     """The sensor, or 404 if no alert or score of it was ever ingested."""
     try:
         return ctx(request).store.sensor(sensor_id)
@@ -68,7 +68,7 @@ async def get_sensor(request: Request, sensor_id: str) -> SensorStatus:
 @get("/v1/sensors/{sensor_id:str}/scores", tags=["sensors"], summary="A sensor's score history")
 async def sensor_scores(
     request: Request,
-    sensor_id: str,
+    sensor_id: FromPath[str],
     since: Annotated[datetime | None, Parameter(description="windows ending at or after")] = None,
     until: Annotated[datetime | None, Parameter(description="windows ending before")] = None,
     limit: Annotated[int, Parameter(ge=1, le=MAX_SCORES, description=f"1..{MAX_SCORES}")] = 1000,
