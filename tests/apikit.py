@@ -58,9 +58,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Litestar) -> Iterator[str]:
-    """Serve ``app`` over real HTTP with uvicorn on a free port; yields the base URL."""
-    port = free_port()
+def serve_in_thread(app: Litestar, port: int | None = None) -> Iterator[str]:
+    """Serve ``app`` over real HTTP with uvicorn (on a free port by default); yields its URL."""
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1,
         lifespan="on",
