@@ -103,6 +103,7 @@ class ApiPusher:
         self._backoff = 0.0
         self.pushed_alerts = 0
         self.failures = 0
+        self._failed_kinds: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="vigil-api-push", daemon=True)
         self._thread.start()
 
@@ -280,7 +281,8 @@ class ApiPusher:
     def _failed(self, kind: str, reason: str, detail: str) -> None:
         self.failures += 1
         PUSH_FAILURES.labels(kind, reason).inc()
-        if self.failures == 1 or self.failures % 20 == 0:
+        if kind not in self._failed_kinds or self.failures % 20 == 0:
+            self._failed_kinds.add(kind)
             log.warning("push of %s to %s failed (%s: %s); retrying with backoff "
                         "(%d failures so far)", kind, self.url, reason, detail, self.failures)
 
