@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from flows.cli import positive_int
 from flows.settings import Settings, SettingsError
 
 log = logging.getLogger("vigil.api")
@@ -20,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         "...; see docs/configuration.md); the flags below override three of them.",
     )
     parser.add_argument("--host", help="listen address (default: VIGIL_API_HOST)")
-    parser.add_argument("--port", type=int, help="listen port (default: VIGIL_API_PORT)")
-    parser.add_argument("--workers", type=int,
+    parser.add_argument("--port", type=positive_int, help="listen port (default: VIGIL_API_PORT)")
+    parser.add_argument("--workers", type=positive_int,
                         help="worker processes (default: VIGIL_API_WORKERS)")
     args = parser.parse_args(argv)
     try:
@@ -36,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
     workers = args.workers if args.workers is not None else settings.api_workers
-    if not 0 < port < 65536 or workers < 1:
-        parser.error("--port must be 1-65535 and --workers at least 1")
+    if port > 65535:
+        parser.error(f"--port {port} is not a port number (1-65535)")
 
     import uvicorn
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from flows.cli import non_negative_int, positive_float, positive_int
 from flows.schemas import Alert, Contributor
 
 TOKEN = "bench-token"
@@ -118,16 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--url", help="an API that already runs (token must be 'bench-token'); "
                    "default: start one on a temporary SQLite file")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight (16)")
-    p.add_argument("--seconds", type=float, default=10.0, help="duration per scenario (10)")
-    p.add_argument("--batch", type=int, default=50, help="alerts per ingest request (50)")
-    p.add_argument("--prefill", type=int, default=20_000, help="alerts stored before `get`")
-    p.add_argument("--workers", type=int, default=1, help="API worker processes (1)")
+    p.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight (16)")
+    p.add_argument("--seconds", type=positive_float, default=10.0,
+                   help="duration per scenario (10)")
+    p.add_argument("--batch", type=positive_int, default=50, help="alerts per ingest request (50)")
+    p.add_argument("--prefill", type=non_negative_int, default=20_000,
+                   help="alerts stored before `get`")
+    p.add_argument("--workers", type=positive_int, default=1, help="API worker processes (1)")
     p.add_argument("--scenarios", default="ingest,get", help="comma-separated: ingest,get")
     p.add_argument("--json", action="store_true", help="print results as JSON lines")
     args = p.parse_args(argv)
-    if args.concurrency < 1 or args.seconds <= 0 or args.batch < 1:
-        p.error("--concurrency and --batch must be at least 1, --seconds positive")
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if not scenarios or set(scenarios) - {"ingest", "get"}:
         p.error("--scenarios takes ingest and/or get")

@@ -323,3 +323,18 @@ def test_migrations_run_once_and_the_database_is_in_wal_mode(tmp_path):
     s2.close()
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert T0.tzinfo is not None
+
+
+def test_python_m_api_explains_itself_and_refuses_bad_settings(monkeypatch, capsys):
+    from api.__main__ import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0 and "VIGIL_API_TOKEN" in capsys.readouterr().out
+    monkeypatch.setenv("VIGIL_API_WORKERS", "none")
+    assert main([]) == 2
+    assert "VIGIL_API_WORKERS='none': expected a whole number" in capsys.readouterr().err
+    monkeypatch.delenv("VIGIL_API_WORKERS")
+    with pytest.raises(SystemExit) as done:
+        main(["--port", "70000"])
+    assert done.value.code == 2 and "not a port number" in capsys.readouterr().err
