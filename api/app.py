@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 from litestar import Litestar, MediaType, Request, Response
-from litestar.exceptions import ValidationException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY
@@ -77,6 +77,21 @@ def _validation_error(request: Request, exc: ValidationException) -> Response:
     )
 
 
+def _bad_request(request: Request, exc: HTTPException) -> Response:
+    """A body that is not even JSON: 422 with msgspec's message, like any invalid body."""
+    if isinstance(exc, ValidationException):  # Litestar picks handlers by status code first
+        return _validation_error(request, exc)
+    precise = _body_problem(request)
+    if precise:
+        return Response(
+            {"status_code": 422, "detail": f"request body is not valid JSON: {precise}",
+             "errors": [{"message": precise, "source": "body"}]},
+            status_code=HTTP_422_UNPROCESSABLE_ENTITY, media_type=MediaType.JSON,
+        )
+    return Response({"status_code": exc.status_code, "detail": exc.detail},
+                    status_code=exc.status_code, media_type=MediaType.JSON)
+
+
 def create_app(settings: Settings, store: Store | None = None) -> Litestar:
     """The API for ``settings``: opens (and migrates) ``settings.api_db`` unless given a store."""
     store = store or Store(
@@ -91,7 +106,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Litestar:
     app = Litestar(
         route_handlers=ROUTES,
         middleware=[metrics_middleware],
-        exception_handlers={ValidationException: _validation_error},
+        exception_handlers={ValidationException: _validation_error, 400: _bad_request},
         request_max_body_size=settings.api_max_body_bytes,
         on_shutdown=[lambda: store.close()],
         openapi_config=OpenAPIConfig(

@@ -108,6 +108,8 @@ def test_an_invalid_alert_gets_422_naming_the_field(client):
     r = client.post("/v1/alerts", json=bad, headers=AUTH)
     assert r.status_code == 422 and "$[0].severity" in r.json()["detail"]
     assert client.get("/v1/alerts").json()["items"] == []  # nothing of a bad batch is stored
+    r = client.post("/v1/alerts", content=b'[{"alert_id": ', headers=AUTH)
+    assert r.status_code == 422 and "not valid JSON: Input data was truncated" in r.json()["detail"]
 
 
 def test_page_size_above_the_hard_limit_and_foreign_cursors_get_422(client):
