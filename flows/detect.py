@@ -181,7 +181,27 @@ def _default_outputs(settings: Settings) -> Outputs:
             JsonLinesSink(sys.stderr),
         )
 
+    def with_api(streams: FlowStreams) -> None:
+        (embedded if settings.embedded else kafka)(streams)
+        api_outputs(settings, streams)
+
+    if settings.api_url:
+        return with_api
     return embedded if settings.embedded else kafka
+
+
+def api_outputs(settings: Settings, streams: FlowStreams) -> None:
+    """Push alerts (never dropped) and aggregated scores to ``VIGIL_API_URL``."""
+    from flows.api_sink import ApiAlertSink, ApiScoreSink
+
+    op.output(
+        "push_alerts_to_api", op.key_on("key_alerts_for_api", streams.alerts, lambda _: "api"),
+        ApiAlertSink(settings),
+    )
+    op.output(
+        "push_scores_to_api", op.key_on("key_scores_for_api", streams.scores, lambda _: "api"),
+        ApiScoreSink(settings),
+    )
 
 
 def _describe_mode(settings: Settings) -> str:
@@ -210,6 +230,8 @@ def _load() -> Dataflow:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     log.info(_describe_mode(settings))
+    if settings.api_url:
+        log.info("pushing alerts and aggregated scores to the API at %s", settings.api_url)
     shown = settings.describe()
     log.info(
         "windows: length=%s hop=%s allowed_lateness=%s shards=%s",

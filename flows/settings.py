@@ -234,6 +234,56 @@ class Settings:
         "Stop the embedded simulator after this many readings (0 = run forever).", default=0
     )
 
+    # --- Alerts API (api/) and the flow's push to it ------------------------------------------
+    api_url: str = _doc(
+        "Base URL of the Vigil API the flow pushes alerts and scores to, e.g. "
+        "http://api:8000. Empty: the flow does not push (the alerts topic is always written).",
+        default="",
+    )
+    api_token: str = _doc(
+        "Bearer token for the API's write endpoints (ingest, acknowledge, model activation); "
+        "the flow sends it when pushing. Empty on the API: writes are refused. Secret.",
+        default="",
+    )
+    api_db: str = _doc(
+        "SQLite database file of the API (created, WAL mode, migrated at start).",
+        default="vigil-api.sqlite3",
+    )
+    api_host: str = _doc("Address `python -m api` listens on.", default="127.0.0.1")
+    api_port: int = _doc("Port `python -m api` listens on.", default=8000)
+    api_workers: int = _doc(
+        "API worker processes; they share the database. Live streams are woken within "
+        "100 ms by ingest in any worker.",
+        default=1,
+    )
+    api_max_body_bytes: int = _doc(
+        "Largest request body the API accepts; bigger ones get 413.", default=1_048_576
+    )
+    api_score_retention: timedelta = _doc(
+        "Score history kept per sensor, counted back from that sensor's newest score "
+        "(event time, so replays of old data keep their history).",
+        default=timedelta(days=7),
+    )
+    api_heartbeat_stale: timedelta = _doc(
+        "GET /ready reports the flow as stale when its last heartbeat is older than this.",
+        default=timedelta(seconds=60),
+    )
+    api_sink_buffer: int = _doc(
+        "Alerts the flow holds while the API is unreachable; when full the flow waits "
+        "(backpressure) instead of dropping. Also the most sensors with a pending score.",
+        default=10_000,
+    )
+    api_sink_batch: int = _doc("Most records in one push to the API.", default=500)
+    api_sink_flush_interval: timedelta = _doc(
+        "How long the flow lets alerts gather before pushing them to the API.",
+        default=timedelta(milliseconds=100),
+    )
+    api_score_interval: timedelta = _doc(
+        "Scores are aggregated per sensor and pushed at most this often: the highest score "
+        "of each sensor since the last push (so anomalies are never sampled away).",
+        default=timedelta(seconds=5),
+    )
+
     # --- Process ----------------------------------------------------------------------------
     log_level: str = _doc("Log level: DEBUG, INFO, WARNING or ERROR.", default="INFO")
     metrics_port: int = _doc(
@@ -259,8 +309,8 @@ class Settings:
                 problems.append(f"{var}={raw!r}: {exc}")
         unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
         for var in unknown:
-            if var.startswith(("VIGIL_TEST_", "VIGIL_API_")):
-                continue  # read by the test suite and by the API's own settings
+            if var.startswith("VIGIL_TEST_"):
+                continue  # read by the test suite
             problems.append(f"{var}: unknown setting (see docs/configuration.md)")
         settings = cls(**values)
         try:
@@ -309,6 +359,21 @@ class Settings:
                 p.append(f"VIGIL_{name.upper()} must not be negative")
         if not 0 <= self.metrics_port < 65536:
             p.append("VIGIL_METRICS_PORT must be a port number (0 turns metrics off)")
+        if self.api_url and not re.match(r"^https?://[^/\s]+", self.api_url):
+            p.append(f"VIGIL_API_URL must be an http:// or https:// URL, got {self.api_url!r}")
+        if not 0 < self.api_port < 65536:
+            p.append("VIGIL_API_PORT must be a port number")
+        for name in ("api_workers", "api_max_body_bytes", "api_sink_buffer", "api_sink_batch"):
+            if getattr(self, name) < 1:
+                p.append(f"VIGIL_{name.upper()} must be at least 1")
+        for name in (
+            "api_score_retention", "api_heartbeat_stale", "api_sink_flush_interval",
+            "api_score_interval",
+        ):
+            if getattr(self, name) <= timedelta(0):
+                p.append(f"VIGIL_{name.upper()} must be positive")
+        if not self.api_db:
+            p.append("VIGIL_API_DB must name a database file")
         unknown = [n for n in self.detector_names if n not in DETECTOR_NAMES]
         if unknown or not self.detector_names:
             p.append(
@@ -391,7 +456,7 @@ class Settings:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if "password" in f.name and value:
+            if ("password" in f.name or "token" in f.name) and value:
                 value = "***"
             out[f.name] = _format(value)
         return out

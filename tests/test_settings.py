@@ -70,3 +70,21 @@ def test_configuration_doc_lists_every_variable_with_its_default():
         assert var in rows, f"{var} missing from docs/configuration.md"
         assert rows[var] == default, f"{var}: doc says {rows[var]!r}, code says {default!r}"
     assert set(rows) == {v for v, _, _ in settings_table()}
+
+
+def test_api_settings_are_real_fields_validated_and_the_token_is_masked():
+    s = Settings.from_env({
+        "VIGIL_API_URL": "http://api:8000", "VIGIL_API_TOKEN": "s3cret", "VIGIL_API_PORT": "9000",
+    })
+    assert s.api_url == "http://api:8000" and s.api_port == 9000
+    assert "s3cret" not in str(s.describe())
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({
+            "VIGIL_API_URL": "api:8000", "VIGIL_API_WORKERS": "0", "VIGIL_API_SINK_BATCH": "0",
+            "VIGIL_API_TYPO": "1",
+        })
+    text = str(err.value)
+    assert "VIGIL_API_URL must be an http:// or https:// URL" in text
+    assert "VIGIL_API_WORKERS must be at least 1" in text
+    assert "VIGIL_API_SINK_BATCH must be at least 1" in text
+    assert "VIGIL_API_TYPO: unknown setting" in text

@@ -1,0 +1,136 @@
+"""The flow's API pusher against a real API (uvicorn in a thread) that goes away and back."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import httpx
+import pytest
+from apikit import TOKEN, alert, free_port, score, serve_in_thread
+from integration import wait_for
+
+from api import create_app
+from flows import api_client
+from flows.api_client import ApiPusher, decode_pending, encode_pending
+from flows.settings import Settings
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    settings = Settings(api_db=str(tmp_path / "api.sqlite3"), api_token=TOKEN)
+    return lambda: create_app(settings)
+
+
+def _ids(url: str) -> list[str]:
+    return [a["alert_id"] for a in
+            httpx.get(f"{url}/v1/alerts", params={"limit": 500}).json()["items"]]
+
+
+def test_alerts_scores_and_heartbeats_reach_the_api(make_app):
+    with serve_in_thread(make_app()) as url:
+        pusher = ApiPusher(url, TOKEN, batch=7, flush_interval=0.05, score_interval=0.2,
+                           heartbeat_interval=0.2, source="flow-test")
+        pusher.put_alerts([alert(i) for i in range(20)])
+        pusher.put_scores([score("s1", m, v) for m, v in ((1, 0.2), (2, 3.0), (3, 0.5))])
+        pusher.put_scores([score("s2", 1, 0.1)])
+        assert pusher.drain(5)
+        assert wait_for(lambda: httpx.get(f"{url}/v1/sensors/s1").status_code == 200
+                        and httpx.get(f"{url}/v1/sensors/s2").status_code == 200, 5)
+        assert pusher.close(5) == 0
+        assert sorted(_ids(url)) == [f"a{i:05d}" for i in range(20)]
+        history = httpx.get(f"{url}/v1/sensors/s1/scores").json()["items"]
+        assert [p["score"] for p in history] == [3.0]  # the peak of the interval is kept
+        assert httpx.get(f"{url}/ready").json()["flow"]["source"] == "flow-test"
+
+
+def test_alerts_queued_while_the_api_is_down_arrive_once_it_is_back(make_app):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    pusher = ApiPusher(url, TOKEN, flush_interval=0.01, heartbeat_interval=0, max_backoff=0.3)
+    pusher.put_alerts([alert(i) for i in range(30)])
+    assert wait_for(lambda: pusher.failures >= 2, 5)
+    assert len(pusher.pending()) == 30
+    with serve_in_thread(make_app(), port=port):
+        pusher.put_alerts([alert(i) for i in range(30, 40)])
+        assert pusher.drain(10)
+        assert sorted(_ids(url)) == [f"a{i:05d}" for i in range(40)]
+        pusher.close(5)
+
+
+def test_a_full_buffer_blocks_the_flow_instead_of_dropping_alerts(make_app):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    pusher = ApiPusher(url, TOKEN, buffer=5, flush_interval=0.01, heartbeat_interval=0,
+                       max_backoff=0.2)
+    done = threading.Event()
+
+    def produce() -> None:
+        pusher.put_alerts([alert(i) for i in range(12)])
+        done.set()
+
+    threading.Thread(target=produce, daemon=True).start()
+    time.sleep(0.8)
+    assert not done.is_set() and len(pusher.pending()) == 5
+    with serve_in_thread(make_app(), port=port):
+        assert done.wait(10)
+        assert pusher.drain(10)
+        assert sorted(_ids(url)) == [f"a{i:05d}" for i in range(12)]
+        pusher.close(5)
+
+
+def test_a_batch_the_api_rejects_is_counted_and_does_not_block_later_alerts(make_app):
+    with serve_in_thread(make_app()) as url:
+        before = api_client.REJECTED._value.get()
+        pusher = ApiPusher(url, TOKEN, flush_interval=0.01, heartbeat_interval=0)
+        pusher.put_alerts([alert(1, score=math.nan)])  # encodes as null: the API says 422
+        assert pusher.drain(5)
+        pusher.put_alerts([alert(2)])
+        assert pusher.drain(5)
+        pusher.close(5)
+        assert _ids(url) == ["a00002"]
+        assert api_client.REJECTED._value.get() == before + 1
+
+
+def test_pending_alerts_round_trip_through_the_sink_recovery_state():
+    pending = [alert(1), alert(2, status="resolved")]
+    assert decode_pending(encode_pending(pending)) == pending
+    assert decode_pending(None) == []
+
+
+def test_the_flow_pushes_every_alert_and_scores_to_the_api_via_named_steps(make_app):
+    from dataclasses import replace
+    from datetime import timedelta
+
+    import bytewax.operators as op
+    from bytewax.testing import TestingSink, TestingSource, run_main
+    from flowkit import FAST, encode_all, synthetic_readings, to_batches
+
+    from flows.detect import FlowStreams, api_outputs, build_flow
+
+    with serve_in_thread(make_app()) as url:
+        settings = replace(FAST, api_url=url, api_token=TOKEN,
+                           api_score_interval=timedelta(milliseconds=50))
+        alerts: list = []
+
+        def outputs(s: FlowStreams) -> None:
+            op.output("collect_alerts", s.alerts, TestingSink(alerts))
+            api_outputs(settings, s)
+
+        batches = to_batches(encode_all(synthetic_readings(sensors=3, seconds=1200)))
+        flow = build_flow(settings, TestingSource(batches), outputs)
+        steps = {s.step_id for s in flow.substeps}
+        assert {"vigil_detect.push_alerts_to_api", "vigil_detect.push_scores_to_api"} <= steps
+        run_main(flow, epoch_interval=timedelta(0))
+        assert alerts
+        stored = httpx.get(f"{url}/v1/alerts", params={"limit": 500}).json()["items"]
+        assert {a["alert_id"] for a in stored} == {a.alert_id for a in alerts}
+        assert any(a.status == "resolved" for a in alerts)
+        by_id = {a["alert_id"]: a for a in stored}
+        for a in alerts:
+            if a.status == "resolved":
+                assert by_id[a.alert_id]["status"] == "resolved"
+        sensors = httpx.get(f"{url}/v1/sensors").json()["items"]
+        assert {s["sensor_id"] for s in sensors} == {"s0", "s1", "s2"}
+        assert all(s["last_score"] is not None for s in sensors)
