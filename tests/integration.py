@@ -35,6 +35,15 @@ def flow_env(bootstrap: str, topics: dict[str, str], **settings: str) -> dict[st
 
 FLOW_TOPICS = {"readings": 2, "alerts": 1, "scores": 1, "dead": 1}
 
+# 115 windows per file: too few for HST's ~280-window warm-up, so these pipeline tests score
+# with the z-score detector (HST and the LSTM-AE on SKAB: bench.accuracy, docs/accuracy.md).
+# Their incidents repeat at the same size, which per-sensor calibration rightly ranks as
+# less and less unusual; a lower alert level keeps every repeat an alert here.
+ONE_HZ = {
+    "window_length": "30s", "window_hop": "10s", "allowed_lateness": "5s",
+    "detectors": "zscore", "alert_likelihood": "0.9", "alert_open_after": "1",
+}
+
 
 def start_flow(
     env: dict[str, str], log: Path, recovery: Path | None = None, snapshot_s: int = 1

@@ -18,6 +18,7 @@ from apikit import TOKEN, free_port
 from integration import (
     DATASETS,
     FLOW_TOPICS,
+    ONE_HZ,
     ROOT,
     flow_env,
     kill,
@@ -31,7 +32,6 @@ from flows.schemas import Alert
 pytestmark = pytest.mark.integration
 
 SKAB_FILE = DATASETS / "skab" / "valve1" / "0.csv"
-ONE_HZ = {"window_length": "30s", "window_hop": "10s", "allowed_lateness": "5s"}
 
 
 def _start_api(db: Path, port: int, log: Path) -> subprocess.Popen:

@@ -17,6 +17,7 @@ import pytest
 from integration import (
     DATASETS,
     FLOW_TOPICS,
+    ONE_HZ,
     ROOT,
     flow_env,
     kill,
@@ -36,14 +37,6 @@ from flows.windows import WindowSpec
 pytestmark = pytest.mark.integration
 
 SKAB_FILE = DATASETS / "skab" / "valve1" / "0.csv"
-# 115 windows per file: too few for HST's ~280-window warm-up, so these pipeline tests score
-# with the z-score detector (HST and the LSTM-AE on SKAB: bench.accuracy, docs/accuracy.md).
-# Their incidents repeat at the same size, which per-sensor calibration rightly ranks as
-# less and less unusual; a lower alert level keeps every repeat an alert here.
-ONE_HZ = {
-    "window_length": "30s", "window_hop": "10s", "allowed_lateness": "5s",
-    "detectors": "zscore", "alert_likelihood": "0.9", "alert_open_after": "1",
-}
 
 
 @pytest.mark.skipif(not SKAB_FILE.exists(), reason=f"SKAB data not found at {SKAB_FILE}")
