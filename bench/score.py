@@ -21,8 +21,9 @@ row and earlier rows only, except that rows sharing one pane (duplicate or sub-h
 timestamps) share that pane's score, as they share its event time. Rows before a sensor's
 first full window get ``0,0``.
 
-``anomaly_score`` is the flow's own ``ScoreRecord.score``: every detector's raw score
-calibrated per sensor and combined into one likelihood (``detectors.ensemble``). ``alert`` is
+``anomaly_score`` is the flow's own ``ScoreRecord.surprise``: every detector's raw score
+calibrated per sensor against all its recent scores and combined into one likelihood
+(``detectors.ensemble``), high at an incident's onset and fading as it persists. ``alert`` is
 1 from the window at which the flow emitted an ``open`` alert for the sensor up to (not
 including) the window at which it emitted the matching ``resolved`` alert: the flow's own
 decision (likelihood ≥ ``VIGIL_ALERT_LIKELIHOOD`` for ``VIGIL_ALERT_OPEN_AFTER`` windows,
@@ -112,7 +113,7 @@ class ScoreResult:
     output: pl.DataFrame  # exactly OUTPUT_COLUMNS, one row per input row, input order
     ts: npt.NDArray[np.datetime64]  # per row, naive UTC (NaT where the row had none)
     sensor_ids: list[str | None]
-    raw_score: npt.NDArray[np.float64]  # the flow's score behind each row (0: none)
+    raw_score: npt.NDArray[np.float64]  # the flow's held likelihood behind each row (0: none)
     threshold: float  # the flow's alert level on that score (VIGIL_ALERT_LIKELIHOOD)
     settings: Settings
     hop: timedelta
@@ -380,7 +381,7 @@ def score_file(
     pick = np.where(has, row_record, 0)
     if got.scores:
         raw = np.where(has, np.array([r.score for r in got.scores])[pick], 0.0)
-        score = raw
+        score = np.where(has, np.array([r.surprise for r in got.scores])[pick], 0.0)
         alert = np.where(has, state[pick], 0).astype(np.int8)
     else:
         score, raw, alert = (np.zeros(frame.height), np.zeros(frame.height),

@@ -11,6 +11,7 @@ write on top; this isolates what Vigil controls.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -19,8 +20,7 @@ from datetime import timedelta
 
 from tqdm import tqdm
 
-from detectors.policy import AlertPolicy
-from detectors.zscore import RobustZScore
+from detectors.factory import build_score_stage
 from flows.settings import Settings, parse_duration
 from flows.simulator import DEFAULT_METRICS, Fleet
 from flows.stages import FeatureStage, ScoreStage, group_by_shard
@@ -44,10 +44,7 @@ def measure(
     scorers: dict[str, ScoreStage] = {}
 
     def scorer() -> ScoreStage:
-        det = RobustZScore(
-            settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup
-        )
-        return ScoreStage([det], AlertPolicy(ScoreStage.THRESHOLD, settings.alert_resolve_after))
+        return build_score_stage(settings)
 
     ticks = int(minutes * 60 / settings.sim_interval.total_seconds())
     readings = 0
@@ -85,6 +82,16 @@ def measure(
         result[f"{name}_snapshot_mib"] = size / 2**20
         result[f"{name}_snapshot_s"] = statistics.median(times)
         result[f"{name}_restore_s"] = restore
+    # what each detector and its calibrator add to the score snapshot
+    for det in next(iter(scorers.values())).ensemble.detectors:
+        d_bytes = c_bytes = 0
+        for st in scorers.values():
+            for d in st.ensemble.detectors:
+                if d.name == det.name:
+                    d_bytes += len(d.snapshot())
+                    c_bytes += len(st.ensemble.calibrators[d.name].snapshot())
+        result[f"{det.name}_bytes_per_sensor"] = d_bytes / sensors
+        result[f"{det.name}_calibration_bytes_per_sensor"] = c_bytes / sensors
     return result
 
 
@@ -100,10 +107,15 @@ def main(argv: list[str] | None = None) -> int:
                         "of z-score history at a 1m hop)")
     p.add_argument("--interval", default="10s", help="simulated reading interval (default 10s)")
     p.add_argument("--shards", type=int, default=64)
+    p.add_argument("--detectors", default=None,
+                   help="comma-separated detectors (default: VIGIL_DETECTORS, hst,lstm_ae)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     settings = Settings(sim_interval=parse_duration(args.interval))
+    if args.detectors:
+        settings = dataclasses.replace(settings, detectors=args.detectors)
+        settings.validate()
     assert settings.window_hop == timedelta(minutes=1)
     rows = [
         measure(n, args.metrics, args.minutes, args.shards, settings, not args.no_progress)
@@ -120,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f.format(r[c]) for c, f in cols) + " |")
+    for r in rows:
+        parts = [f"{k.removesuffix('_bytes_per_sensor')} {v:.0f} B"
+                 for k, v in r.items() if k.endswith("_bytes_per_sensor")]
+        print(f"{r['sensors']:.0f} sensors, per sensor: " + ", ".join(parts))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

@@ -19,6 +19,9 @@ from flows.stages import ScoreStage
 log = logging.getLogger("vigil.detectors")
 
 
+_warned: set[tuple[str, tuple[int, int]]] = set()
+
+
 class DetectorConfigError(ValueError):
     """The configured detectors cannot run; the message says why and what to change."""
 
@@ -90,6 +93,9 @@ def _autoencoder(settings: Settings) -> Detector | None:
         round(settings.window_hop.total_seconds() * 1000),
     )
     if (meta.window_length_ms, meta.window_hop_ms) != wanted:
+        if (meta.version, wanted) in _warned:  # one line per run, not one per state shard
+            return None
+        _warned.add((meta.version, wanted))
         log.warning(
             "lstm_ae left out: model %s was trained on %d ms windows every %d ms, but the flow "
             "computes %d ms every %d ms; train a model for these windows "
@@ -97,5 +103,5 @@ def _autoencoder(settings: Settings) -> Detector | None:
             meta.version, meta.window_length_ms, meta.window_hop_ms, *wanted,
         )
         return None
-    log.info("lstm_ae: model %s from %s (metrics %s)", meta.version, root, ",".join(meta.metrics))
+    log.debug("lstm_ae: model %s from %s (metrics %s)", meta.version, root, ",".join(meta.metrics))
     return det

@@ -111,6 +111,10 @@ def build_flow(
     )
     topic = settings.readings_topic if not settings.embedded else "simulator"
     names = ", ".join(f"{d.name} ({d.version})" for d in build_detectors(settings))
+    if settings.model_registry or "lstm_ae" in settings.detector_names:
+        from detectors.defaults import DEFAULT_REGISTRY
+
+        names += f"; model registry {settings.model_registry or DEFAULT_REGISTRY}"
     log.info("detectors: %s", names)
 
     def new_features(state: bytes | None) -> _WindowedFeatures:

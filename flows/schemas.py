@@ -70,7 +70,9 @@ class ScoreRecord(msgspec.Struct, frozen=True):
 
     ``score`` is the combined anomaly likelihood in [0, 1] (``threshold`` is the alert
     level); ``detectors`` holds each detector's raw score and ``likelihoods`` its calibrated
-    likelihood (absent while that detector is still warming up for the sensor).
+    likelihood (absent while that detector is still warming up for the sensor). ``surprise``
+    is the same likelihood judged against all recent windows, the ongoing incident included:
+    high at an incident's onset, fading as it persists (``detectors/ensemble.py``).
     """
 
     sensor_id: str
@@ -84,6 +86,7 @@ class ScoreRecord(msgspec.Struct, frozen=True):
     readings: int
     model_version: str
     likelihoods: dict[str, float] = msgspec.field(default_factory=dict)
+    surprise: float = 0.0
 
 
 class Alert(msgspec.Struct, frozen=True):

@@ -198,8 +198,8 @@ class Settings:
     )
     alert_likelihood: float = _doc(
         "Combined anomaly likelihood (0..1) at or above which a window is anomalous; "
-        "0.999 means about one window in a thousand of a steady sensor.",
-        default=0.999,
+        "0.998 means about one window in 500 of a steady sensor.",
+        default=0.998,
     )
     critical_likelihood: float = _doc(
         "Peak likelihood at which an alert's severity is critical instead of warning.",

@@ -164,6 +164,7 @@ class ScoreStage:
                 contributors=j.contributors, readings=window.readings,
                 model_version=version,
                 likelihoods={n: round(v, 6) for n, v in j.likelihoods.items()},
+                surprise=round(j.surprise, 6),
             ))
             verdict = Verdict(j.likelihood, j.anomalous, j.contributors, j.warming_up)
             alert = self.policy.update(sid, start, end, verdict, version, j.fired)
