@@ -519,3 +519,51 @@ class ModelRegistry:
             _write_atomic(self.root / ACTIVE_FILE, f"{target}\n".encode())
             self._log("rollback", target)
         return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m detectors.registry``: list, check, activate and roll back model versions."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(
+        prog="python -m detectors.registry",
+        description="Inspect and switch the model versions of a Vigil model registry. A "
+        "running flow picks up the new ACTIVE version within VIGIL_MODEL_RELOAD_INTERVAL.",
+    )
+    ap.add_argument("registry", type=Path, help="registry folder (VIGIL_MODEL_REGISTRY)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every version, its threshold and metrics; * marks ACTIVE")
+    for name, text in (("check", "validate a version without activating it"),
+                       ("activate", "validate a version and make it ACTIVE")):
+        sub.add_parser(name, help=text).add_argument("version")
+    sub.add_parser("rollback", help="re-activate the version active before the current one")
+    sub.add_parser("history", help="the activation log, oldest first")
+    args = ap.parse_args(argv)
+    reg = ModelRegistry(args.registry)
+    try:
+        if args.command == "list":
+            active = reg.active_version()
+            for info in reg.versions():
+                m = info.metadata
+                mark = "*" if info.version == active else " "
+                print(f"{mark} {info.version}  threshold {m.threshold:.5g}  seq_len {m.seq_len}"
+                      f"  windows {m.window_length_ms}/{m.window_hop_ms} ms"
+                      f"  metrics {','.join(m.metrics)}")
+        elif args.command == "history":
+            for stamp, action, version in reg.history():
+                print(f"{stamp.isoformat()}  {action:8s}  {version}")
+        elif args.command == "check":
+            print(f"{reg.check(args.version).version}: ok")
+        elif args.command == "activate":
+            print(f"active: {reg.activate(args.version).version}")
+        else:
+            print(f"active: {reg.rollback().version}")
+    except (RegistryError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

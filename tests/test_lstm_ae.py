@@ -119,6 +119,24 @@ def test_registry_activate_rollback_and_pointer(tmp_path: Path) -> None:
     assert new_dir.is_dir() and new_dir.name.startswith("v0004-")
 
 
+def test_registry_cli_lists_activates_and_rolls_back(tmp_path: Path, capsys) -> None:
+    from detectors.registry import main
+
+    reg = ModelRegistry(tmp_path / "reg")
+    v1, v2 = (reg.add(_stage(tmp_path, n)).version for n in ("a", "b"))
+    root = str(reg.root)
+    assert main([root, "activate", v1]) == 0
+    assert main([root, "activate", v2]) == 0
+    assert main([root, "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in listed[-2:]] == [v1, "*"]  # * marks the active one
+    assert main([root, "rollback"]) == 0 and reg.active_version() == v1
+    assert main([root, "activate", "v0404-missing"]) == 2
+    assert "error:" in capsys.readouterr().err and reg.active_version() == v1
+    assert main([root, "history"]) == 0
+    assert capsys.readouterr().out.count("activate") == 2
+
+
 @pytest.mark.parametrize("corruption", ["garbage-model", "missing-field", "wrong-shape"])
 def test_registry_refuses_corrupt_version_and_keeps_active(
     tmp_path: Path, corruption: str
