@@ -56,7 +56,9 @@ def measure(
         for shard, rs in group_by_shard(batch, shards):
             out = feats.setdefault(shard, FeatureStage(spec)).process([rs])
             if out.windows:
-                scorers.setdefault(shard, scorer()).process(out.windows)
+                if shard not in scorers:  # not setdefault: that would build one per call
+                    scorers[shard] = scorer()
+                scorers[shard].process(out.windows)
         busy += time.perf_counter() - t0
 
     result: dict[str, float] = {
@@ -84,14 +86,16 @@ def measure(
         result[f"{name}_restore_s"] = restore
     # what each detector and its calibrator add to the score snapshot
     for det in next(iter(scorers.values())).ensemble.detectors:
-        d_bytes = c_bytes = 0
+        d_bytes = c_bytes = s_bytes = 0
         for st in scorers.values():
             for d in st.ensemble.detectors:
                 if d.name == det.name:
                     d_bytes += len(d.snapshot())
                     c_bytes += len(st.ensemble.calibrators[d.name].snapshot())
+                    s_bytes += len(st.ensemble.surprise[d.name].snapshot())
         result[f"{det.name}_bytes_per_sensor"] = d_bytes / sensors
         result[f"{det.name}_calibration_bytes_per_sensor"] = c_bytes / sensors
+        result[f"{det.name}_surprise_bytes_per_sensor"] = s_bytes / sensors
     return result
 
 

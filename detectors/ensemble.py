@@ -74,6 +74,8 @@ class CalibrationConfig:
     """Newest raw scores averaged before ranking (HTM's short-term mean)."""
     warmup: int = 30
     """Calibrated scores a sensor needs before that detector has an opinion."""
+    surprise_short: int = 1
+    """``short`` of the surprise calibrators: an onset score should not wait for k windows."""
     alert_likelihood: float = 0.998
     """Combined likelihood at which a window is anomalous."""
     fired_likelihood: float = 0.99
@@ -96,7 +98,7 @@ class Ensemble:
             d.name: Calibrator(c.history, c.short, c.warmup) for d in detectors
         }
         self.surprise = {
-            d.name: Calibrator(c.history, c.short, c.warmup) for d in detectors
+            d.name: Calibrator(c.history, c.surprise_short, c.warmup) for d in detectors
         }
 
     @property
