@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", default="10s", help="simulated reading interval (default 10s)")
     p.add_argument("--shards", type=int, default=64)
     p.add_argument("--detectors", default=None,
-                   help="comma-separated detectors (default: VIGIL_DETECTORS, hst,lstm_ae)")
+                   help="comma-separated detectors (default: VIGIL_DETECTORS)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

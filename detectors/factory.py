@@ -39,6 +39,13 @@ def build_detectors(settings: Settings) -> list[Detector]:
                 warmup=settings.hst_warmup,
                 half_life_s=settings.hst_half_life.total_seconds(),
             ))
+        elif name == "seasonal":
+            from detectors.seasonal import SeasonalProfile
+
+            out.append(SeasonalProfile(
+                period_s=settings.seasonal_period.total_seconds(),
+                buckets=settings.seasonal_buckets,
+            ))
         elif name == "zscore":
             out.append(RobustZScore(
                 settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup

@@ -19,7 +19,7 @@ PREFIX = "VIGIL_"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-DETECTOR_NAMES = ("hst", "lstm_ae", "zscore")  # what VIGIL_DETECTORS may list
+DETECTOR_NAMES = ("hst", "lstm_ae", "seasonal", "zscore")  # what VIGIL_DETECTORS may list
 _BROKER = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
 
@@ -144,9 +144,10 @@ class Settings:
     # --- Detectors --------------------------------------------------------------------------
     detectors: str = _doc(
         "Comma-separated detectors to run: hst (River Half-Space Trees), lstm_ae (ONNX LSTM "
-        "autoencoder), zscore (robust z-score). Their raw scores are calibrated per sensor and "
+        "autoencoder), seasonal (newest value vs its usual level at this time of day), zscore "
+        "(robust z-score). Their raw scores are calibrated per sensor and "
         "combined into one anomaly likelihood (docs/architecture.md#detection).",
-        default="hst,lstm_ae",
+        default="hst,lstm_ae,seasonal",
     )
     model_registry: str = _doc(
         "Model registry folder for lstm_ae (versions + ACTIVE pointer); empty uses the model "
@@ -184,6 +185,16 @@ class Settings:
     )
     hst_warmup: int = _doc(
         "Windows a sensor's standardiser must see before HST scores it.", default=30
+    )
+
+    # --- Seasonal profile detector ---------------------------------------------------------
+    seasonal_period: timedelta = _doc(
+        "Period of the seasonal detector's profile: the cycle a sensor's normal level repeats.",
+        default=timedelta(days=1),
+    )
+    seasonal_buckets: int = _doc(
+        "Phases the seasonal period is cut into, each with its own learned level per metric.",
+        default=48,
     )
 
     # --- Calibration and alert policy -------------------------------------------------------
@@ -382,7 +393,9 @@ class Settings:
             )
         if self.model_reload_interval <= timedelta(0):
             p.append("VIGIL_MODEL_RELOAD_INTERVAL must be positive")
-        for name in ("alert_resolve_after", "alert_open_after", "hst_warmup"):
+        if self.seasonal_period <= timedelta(0):
+            p.append("VIGIL_SEASONAL_PERIOD must be positive")
+        for name in ("alert_resolve_after", "alert_open_after", "hst_warmup", "seasonal_buckets"):
             if getattr(self, name) < 1:
                 p.append(f"VIGIL_{name.upper()} must be at least 1")
         if not self.calibration_short < self.calibration_warmup <= self.calibration_history:

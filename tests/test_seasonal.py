@@ -1,0 +1,132 @@
+"""The seasonal profile detector: daily patterns learned per phase, state round-trips."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from detectors.seasonal import SeasonalProfile
+from flows.windows import ClosedWindow
+
+HOP_MS = 300_000  # 5 min, as most NAB files
+DAY = 288  # hops per day
+
+
+def _window(i: int, values: dict[str, float]) -> ClosedWindow:
+    end = (i + 1) * HOP_MS
+    feats = {f"{m}.last": v for m, v in values.items()}
+    feats |= {f"{m}.mean": v for m, v in values.items()}
+    return ClosedWindow(end - 10 * HOP_MS, end, feats, 10)
+
+
+def _daily(i: int, rng: np.random.Generator) -> float:
+    """A load that is high by day and low at night, with noise."""
+    return 100.0 + 50.0 * math.sin(2 * math.pi * i / DAY) + rng.normal(0, 2.0)
+
+
+def _run(det: SeasonalProfile, windows: list[tuple[str, ClosedWindow]]) -> list[float]:
+    return [v.score for v in det.score_and_learn(windows)]
+
+
+def test_a_daily_pattern_that_goes_flat_is_caught_where_a_recent_past_model_adapts() -> None:
+    rng = np.random.default_rng(0)
+    seasonal, flat = SeasonalProfile(), SeasonalProfile(buckets=1)  # 1 bucket: recent past only
+    for i in range(5 * DAY):  # five normal days, one window per call as in the flow
+        for det in (seasonal, flat):
+            det.score_and_learn([("s", _window(i, {"load": _daily(i, np.random.default_rng(i))}))])
+    normal = []
+    for i in range(5 * DAY, 6 * DAY):
+        normal += _run(seasonal, [("s", _window(i, {"load": _daily(i, rng)}))])
+        flat.score_and_learn([("s", _window(i, {"load": _daily(i, rng)}))])
+    # day 7: from the daily peak on the load stays at the peak instead of falling to the trough
+    peak, trough = 6 * DAY + DAY // 4, 6 * DAY + 3 * DAY // 4
+    for i in range(6 * DAY, peak):
+        for det in (seasonal, flat):
+            det.score_and_learn([("s", _window(i, {"load": _daily(i, np.random.default_rng(i))}))])
+    s_scores, f_scores = [], []
+    for i in range(peak, trough + 1):
+        value = {"load": 150.0 + rng.normal(0, 2.0)}
+        s_scores += _run(seasonal, [("s", _window(i, value))])
+        f_scores += _run(flat, [("s", _window(i, value))])
+    # up to 100 above the usual level by trough time; the deviation scale learns the residuals
+    # too, so the score peaks mid-way and then fades (no hold; see the module doc)
+    assert max(normal) < seasonal.threshold <= max(s_scores)
+    assert max(f_scores) < 3.0  # the one-bucket profile learned the flat line as normal
+
+
+def test_a_value_normal_at_noon_is_anomalous_at_midnight_but_not_at_noon() -> None:
+    rng = np.random.default_rng(1)
+    det = SeasonalProfile()
+    for i in range(4 * DAY):
+        det.score_and_learn([("s", _window(i, {"load": _daily(i, rng)}))])
+    noon_peak = 4 * DAY + DAY // 4  # sine maximum: 150
+    at_peak = _run(det, [("s", _window(noon_peak, {"load": 150.0}))])[0]
+    trough = 4 * DAY + 3 * DAY // 4  # sine minimum: 50
+    at_trough = _run(det, [("s", _window(trough, {"load": 150.0}))])[0]
+    assert at_peak < 3.0
+    assert at_trough > 10 * at_peak
+
+
+def test_sensor_warms_up_before_scoring_and_each_phase_starts_with_its_first_value() -> None:
+    det = SeasonalProfile(warmup=5, buckets=4, period_s=4 * HOP_MS / 1000)
+    verdicts = [det.score_and_learn([("s", _window(i, {"x": 1.0}))])[0] for i in range(6)]
+    assert all(v.warming_up and v.score == 0.0 for v in verdicts[:5])
+    assert not verdicts[5].warming_up
+    fresh = SeasonalProfile(warmup=1, buckets=4, period_s=4 * HOP_MS / 1000)
+    # first pass over the period: no phase has a level yet, so there is no opinion
+    assert [fresh.score_and_learn([("t", _window(i, {"x": 1.0}))])[0].warming_up
+            for i in range(5)] == [True, True, True, True, False]
+
+
+def test_contributors_name_the_metric_that_left_its_profile() -> None:
+    rng = np.random.default_rng(2)
+    det = SeasonalProfile()
+    for i in range(2 * DAY):
+        det.score_and_learn([("s", _window(i, {"a": _daily(i, rng), "b": 5 + rng.normal()}))])
+    v = det.score_and_learn([("s", _window(2 * DAY, {"a": _daily(2 * DAY, rng), "b": 80.0}))])[0]
+    assert v.contributors[0].metric == "b"
+    assert v.contributors[0].weight == pytest.approx(v.score, rel=1e-3)
+
+
+def test_snapshot_restore_scores_later_windows_exactly_as_the_original() -> None:
+    rng = np.random.default_rng(3)
+    sensors = [f"s{k}" for k in range(5)]
+    det = SeasonalProfile()
+    for i in range(DAY):
+        det.score_and_learn([(s, _window(i, {"x": _daily(i + 7 * k, rng)}))
+                             for k, s in enumerate(sensors)])
+    copy = SeasonalProfile()
+    copy.restore(det.snapshot())
+    later = [
+        [(s, _window(i, {"x": _daily(i, rng) * (1 + k)})) for k, s in enumerate(sensors)]
+        for i in range(DAY, DAY + 50)
+    ]
+    for batch in later:
+        assert det.score_and_learn(batch) == copy.score_and_learn(batch)
+
+
+def test_restore_refuses_a_snapshot_taken_with_another_bucket_count() -> None:
+    det = SeasonalProfile(buckets=24)
+    det.score_and_learn([("s", _window(0, {"x": 1.0}))])
+    with pytest.raises(ValueError, match="buckets"):
+        SeasonalProfile(buckets=48).restore(det.snapshot())
+
+
+def test_several_windows_of_one_sensor_in_a_batch_equal_one_per_call() -> None:
+    rng = np.random.default_rng(4)
+    values = [_daily(i, rng) for i in range(400)]
+    one = SeasonalProfile()
+    singles = [one.score_and_learn([("s", _window(i, {"x": v}))])[0]
+               for i, v in enumerate(values)]
+    batched = SeasonalProfile().score_and_learn(
+        [("s", _window(i, {"x": v})) for i, v in enumerate(values)]
+    )
+    assert batched == singles
+
+
+def test_per_sensor_state_is_under_a_kilobyte_for_four_metrics() -> None:
+    det = SeasonalProfile()
+    det.score_and_learn([("s", _window(0, {m: 1.0 for m in "abcd"}))])
+    assert det.state_bytes("s") <= 1024
