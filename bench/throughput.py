@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -198,6 +199,7 @@ class _Config:
     poll_s: float = POLL_S
     mid_poll_s: float = MID_POLL_S
     expected: tuple[int, int] = (0, 0)  # (scores, readings summed over scored windows)
+    detectors: str | None = None  # VIGIL_DETECTORS for this run; None: the flow's default
 
 
 # --- /proc helpers ---------------------------------------------------------------------------
@@ -334,6 +336,8 @@ def flow_env(cfg: _Config, topics: dict[str, str], metrics_port: int) -> dict[st
         env["VIGIL_CONSUMER_BATCH_SIZE"] = str(cfg.batch_size)
     if cfg.shards is not None:
         env["VIGIL_STATE_SHARDS"] = str(cfg.shards)
+    if cfg.detectors is not None:
+        env["VIGIL_DETECTORS"] = cfg.detectors
     return env
 
 
@@ -464,7 +468,8 @@ def run_flow(
         )
     log_dir = cfg.log_dir or tmp
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"flow-run{run}.log"
+    tag = "" if cfg.detectors is None else "-" + re.sub(r"[^a-z0-9_]+", "-", cfg.detectors)
+    log_path = log_dir / f"flow-run{run}{tag}.log"
     n = cfg.readings
     procs: list[_Proc] = []
     samples: list[_Sample] = []
@@ -727,6 +732,10 @@ def parser() -> argparse.ArgumentParser:
                    help="VIGIL_CONSUMER_BATCH_SIZE (default: the flow's own, 5000)")
     f.add_argument("--shards", type=positive_int, metavar="N",
                    help="VIGIL_STATE_SHARDS (default: the flow's own, 64)")
+    f.add_argument("--detectors", action="append", metavar="NAMES",
+                   help="VIGIL_DETECTORS for the flow (default: its own). Give it more than "
+                        "once to compare detector sets in one run: runs alternate between "
+                        "them and each set gets its own median and its ratio to the first")
     f.add_argument("--recovery", action="store_true",
                    help="run with a fresh recovery store: `-r DIR -s SNAPSHOT -b 0`")
     f.add_argument("--snapshot-interval", type=positive_float, default=10.0, metavar="S",
@@ -819,21 +828,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             mid_poll_s=args.mid_poll_interval,
             expected=expected_windows(fleet, produced.readings, args.window, args.hop),
         )
-        runs: list[RunResult] = []
+        variants: list[str | None] = list(args.detectors or [None])
+        by_variant: dict[str | None, list[RunResult]] = {v: [] for v in variants}
         for k in range(1, args.repeat + 1):
-            res = run_flow(cfg, broker, k, broker_pid)
-            runs.append(res)
-            print(f"run {k}: {res.readings_per_s:,.0f} readings/s "
-                  f"({res.e2e_readings_per_s:,.0f}/s incl. final flush), "
-                  f"flow CPU {res.flow_cpu_s:.1f} s, peak RSS {res.flow_peak_rss_mib:.0f} MiB, "
-                  f"{res.scores:,} scores, {res.alerts:,} alerts, "
-                  f"{res.dead_letters:,} dead letters"
-                  + ("" if res.consistent else "  ** counts do not add up **"),
-                  file=sys.stderr)
-            if res.other_cpu_pct_consume > 20:
-                print(f"warning: other processes used {res.other_cpu_pct_consume:.0f}% of a "
-                      f"core during run {k}: the machine was not quiet, figures are low",
+            for v in variants:  # alternate, so slow drifts of the machine hit every set alike
+                res = run_flow(dataclasses.replace(cfg, detectors=v), broker, k, broker_pid)
+                by_variant[v].append(res)
+                label = f"run {k}" + (f" [{v}]" if v is not None else "")
+                print(f"{label}: {res.readings_per_s:,.0f} readings/s "
+                      f"({res.e2e_readings_per_s:,.0f}/s incl. final flush), "
+                      f"flow CPU {res.flow_cpu_s:.1f} s, peak RSS {res.flow_peak_rss_mib:.0f} "
+                      f"MiB, {res.scores:,} scores, {res.alerts:,} alerts, "
+                      f"{res.dead_letters:,} dead letters"
+                      + ("" if res.consistent else "  ** counts do not add up **"),
                       file=sys.stderr)
+                if res.other_cpu_pct_consume > 20:
+                    print(f"warning: other processes used {res.other_cpu_pct_consume:.0f}% of "
+                          f"a core during {label}: the machine was not quiet, figures are low",
+                          file=sys.stderr)
+        runs = by_variant[variants[0]]
     median = median_of(runs)
     config = {
         "readings": produced.readings, "sensors": args.sensors, "metrics": args.metrics,
@@ -847,18 +860,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "poll_interval": args.poll_interval, "mid_poll_interval": args.mid_poll_interval,
         "broker": "external" if brokers else "tansu", "cpus": os.cpu_count(),
         "expected_scores": cfg.expected[0], "expected_scored_readings": cfg.expected[1],
+        "detectors": variants[0],
     }
     report = {
         "config": config, "produce": asdict(produced), "runs": [asdict(r) for r in runs],
         "median": median, "readings_per_s": median["readings_per_s"],
-        "consistent": all(r.consistent for r in runs),
+        "consistent": all(r.consistent for rs in by_variant.values() for r in rs),
         "wall_s": round(time.perf_counter() - t0, 3), **git_commit(), "versions": versions(),
     }
     shown = ", ".join(f"{k}={v}" for k, v in config.items()
                       if k in ("readings", "sensors", "metrics", "partitions", "workers",
                                "processes", "recovery", "snapshot_interval", "batch_size"))
     print(f"\n{shown}\nproduce: {produced.readings_per_s:,.0f} readings/s\n")
-    print(table(runs, median))
+    if len(variants) == 1:
+        print(table(runs, median))
+    else:
+        base = median["readings_per_s"] or 0.0
+        report["variants"] = {}
+        for v, rs in by_variant.items():
+            med = median_of(rs)
+            ratio = (med["readings_per_s"] or 0.0) / base if base else float("nan")
+            report["variants"][v] = {
+                "runs": [asdict(r) for r in rs], "median": med, "ratio_to_first": round(ratio, 3),
+            }
+            print(f"detectors={v}: median {med['readings_per_s']:,.0f} readings/s, "
+                  f"{ratio:.2f}x the first set")
+            print(table(rs, med) + "\n")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

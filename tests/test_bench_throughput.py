@@ -84,3 +84,28 @@ def test_a_small_benchmark_run_reports_rates_and_consistent_counts(broker, tmp_p
     assert report["readings_per_s"] == res["readings_per_s"]
     assert report["versions"]["bytewax"] and "commit" in report
     assert "readings/s" in run.stdout
+
+
+@pytest.mark.integration
+def test_two_detector_sets_alternate_in_one_run_and_each_reaches_the_flow(
+    broker, tmp_path
+) -> None:
+    out, logs = tmp_path / "bench.json", tmp_path / "logs"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", "--readings", "5000", "--sensors", "100",
+         "--brokers", broker.bootstrap, "--json", str(out), "--no-progress",
+         "--detectors", "zscore", "--detectors", "zscore,seasonal", "--log-dir", str(logs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    variants = report["variants"]
+    assert list(variants) == ["zscore", "zscore,seasonal"]
+    assert variants["zscore"]["ratio_to_first"] == 1.0
+    assert variants["zscore,seasonal"]["ratio_to_first"] > 0
+    assert report["config"]["detectors"] == "zscore"
+    # the flows really ran those detector sets (their start-up log names them)
+    first, second = (logs / "flow-run1-zscore.log"), (logs / "flow-run1-zscore-seasonal.log")
+    assert "detectors: zscore (zscore-1)\n" in first.read_text()
+    assert "detectors: zscore (zscore-1), seasonal (seasonal-1)" in second.read_text()
+    assert "1.00x the first set" in run.stdout
