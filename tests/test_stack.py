@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,10 +15,12 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+import yaml
 from integration import ONE_HZ, ROOT, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.broker import port_in_use, read_all
+from bench.compose_check import dashboard_queries
 from flows.schemas import Alert
 
 pytestmark = pytest.mark.integration
@@ -40,6 +43,23 @@ def _total(samples: list, suffix: str = "", **labels: str) -> float:
         s.value for s in samples
         if s.name.endswith(suffix) and all(s.labels.get(k) == v for k, v in labels.items())
     )
+
+
+def _served_names(*texts: str) -> set[str]:
+    """Every sample name a /metrics text can carry, labelled metrics without samples included
+    (their `# TYPE` line is there)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                "gauge": ("",), "summary": ("_sum", "_count"), "info": ("_info",)}
+    names: set[str] = set()
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("# TYPE "):
+                _, _, name, kind = line.split()
+                base = name.removesuffix("_total") if kind == "counter" else name
+                names |= {base + s for s in suffixes.get(kind, ("",))}
+            elif line and not line.startswith("#"):
+                names.add(line.split("{")[0].split()[0])
+    return names
 
 
 def _gone(pid: int) -> bool:
@@ -95,7 +115,17 @@ def test_stack_up_gets_readings_to_alerts_in_the_api_and_topic_and_metrics_then_
         assert [s.labels["version"] for s in flow["vigil_model_info"]] == ["zscore-1"]
         assert _total(flow["vigil_snapshot_seconds"], "_count", step="score_windows") > 0
 
-        api_metrics = _samples(httpx.get(f"{api}/metrics").text)
+        api_text = httpx.get(f"{api}/metrics").text
+        api_metrics = _samples(api_text)
+        # every metric the dashboard and the alert rules use is really served
+        served = _served_names(httpx.get(metrics_url).text, api_text)
+        dashboard = json.loads((ROOT / "ops/grafana/dashboards/vigil.json").read_text())
+        rules = yaml.safe_load((ROOT / "ops/prometheus/rules/vigil.rules.yml").read_text())
+        exprs = [e for _, _, e in dashboard_queries(dashboard)] + [
+            r["expr"] for g in rules["groups"] for r in g["rules"]
+        ]
+        used = {n for e in exprs for n in re.findall(r"\b(vigil_[a-z0-9_]+)", e)}
+        assert used and used <= served, used - served
         assert _total(api_metrics["vigil_api_ingested"], "_total", kind="alerts",
                       outcome="created") >= len(in_api)
         assert wait_for(lambda: _samples(httpx.get(f"{api}/metrics").text).get(
