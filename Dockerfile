@@ -47,7 +47,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 USER 10001:10001
 
-EXPOSE 9100
+# 9100: the flow's /metrics; 8000: the API (`python -m api`, compose service `api`)
+EXPOSE 9100 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/metrics', timeout=4)"]
 

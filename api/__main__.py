@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from flows import logs
 from flows.cli import positive_int
 from flows.settings import Settings, SettingsError
 
@@ -30,10 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"vigil api: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.configure(settings)
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
     workers = args.workers if args.workers is not None else settings.api_workers
@@ -55,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(
         "api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5,
+        log_config=logs.uvicorn_log_config(settings),
     )
     return 0
 

@@ -8,12 +8,13 @@ from typing import Any
 import msgspec
 from litestar import Litestar, MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.logging.config import LoggingConfig
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY
 
 from api._context import Context
-from api._metrics import ApiMetrics, metrics_middleware
+from api._metrics import ApiMetrics, SensorScoreCollector, metrics_middleware
 from api._store import Store
 from api._stream import Broadcaster
 from api.routes import alerts, health, models, sensors
@@ -92,6 +93,21 @@ def _bad_request(request: Request, exc: HTTPException) -> Response:
                     status_code=exc.status_code, media_type=MediaType.JSON)
 
 
+def _logging_config() -> LoggingConfig:
+    """Litestar logs through the root handler flows.logs set up (JSON, secrets masked).
+
+    Left to itself Litestar replaces the root logger's handlers with its own text format.
+    Unhandled errors (500s) are logged with their traceback; 4xx answers are not.
+    """
+    return LoggingConfig(
+        configure_root_logger=False,
+        log_exceptions="always",
+        handlers={},
+        formatters={},
+        loggers={"litestar": {"handlers": [], "propagate": True}},
+    )
+
+
 def create_app(settings: Settings, store: Store | None = None) -> Litestar:
     """The API for ``settings``: opens (and migrates) ``settings.api_db`` unless given a store."""
     store = store or Store(
@@ -109,6 +125,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Litestar:
         exception_handlers={ValidationException: _validation_error, 400: _bad_request},
         request_max_body_size=settings.api_max_body_bytes,
         on_shutdown=[lambda: store.close()],
+        logging_config=_logging_config(),
         openapi_config=OpenAPIConfig(
             title="Vigil API", version="1.0.0",
             description="Alerts, sensors, scores and models of the Vigil anomaly detector. "
@@ -117,6 +134,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Litestar:
             render_plugins=[SwaggerRenderPlugin(), RedocRenderPlugin(path="/redoc")],
         ),
     )
+    ctx.metrics.registry.register(SensorScoreCollector(store, settings.api_metrics_sensors))
     app.state.ctx = ctx
     return app
 

@@ -122,6 +122,22 @@ def resolve(obj: Any, env: Mapping[str, str], problems: list[str] | None = None)
     return obj
 
 
+def required_variables(obj: Any) -> set[str]:
+    """Variables interpolated as ``${VAR:?message}``: the operator must set them."""
+    found: set[str] = set()
+    for text in _strings(obj):
+        for m in _INTERPOLATION.finditer(text):
+            if m["op"] in (":?", "?") and m["braced"]:
+                found.add(m["braced"])
+    return found
+
+
+def defaults_env(compose: Any) -> dict[str, str]:
+    """The environment the checks interpolate with by default: empty, except a placeholder
+    for each required variable (checking must not need the operator's secrets)."""
+    return {name: f"placeholder-{name.lower()}" for name in required_variables(compose)}
+
+
 def _strings(obj: Any) -> Iterator[str]:
     if isinstance(obj, str):
         yield obj
@@ -960,6 +976,19 @@ def check_dockerfile(image: Dockerfile, project: Project) -> list[str]:
     for where, argv in (("CMD", cmd), ("HEALTHCHECK", _test_argv(image.healthcheck()))):
         for call in python_calls(argv or [], f"Dockerfile {where}"):
             problems += [f"{call.where}: {p}" for p in _call_problems(call)]
+    exposed = {int(p.split("/")[0]) for a in runtime.all("EXPOSE") for p in a.split()
+               if p.split("/")[0].isdigit()}
+    try:
+        image_settings = Settings.from_env({k: v for k, v in env.items() if k.startswith(PREFIX)})
+        served = {image_settings.api_port} | (
+            {image_settings.metrics_port} if image_settings.metrics_port else set()
+        )
+    except SettingsError:
+        served = set()
+    for port in sorted(served - exposed):
+        problems.append(
+            f"Dockerfile: EXPOSE lacks {port}, a port the image serves (API or flow metrics)"
+        )
     for var in env:
         if var.startswith(PREFIX) and var not in known_settings():
             problems.append(f"Dockerfile: ENV {var} is not a Vigil setting")
@@ -1014,17 +1043,441 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
+# --- Ports, URLs between services, mounted files, Prometheus and Grafana -------------------------
+
+# Ports that images we do not build listen on by default (their command may add more).
+IMAGE_PORTS = {
+    "docker.redpanda.com/redpandadata/redpanda": {9644},
+    "docker.redpanda.com/redpandadata/console": {8080},
+    "prom/prometheus": {9090},
+    "grafana/grafana": {3000},
+}
+_LISTEN = re.compile(r"(?:0\.0\.0\.0|\[::\]):(\d{1,5})\b")
+_URL = re.compile(r"^(?P<scheme>https?)://(?P<host>[^/:\s]+)(?::(?P<port>\d+))?(?P<path>/\S*)?$")
+_LOCAL_URL = re.compile(r"https?://(?:127\.0\.0\.1|localhost|0\.0\.0\.0):(\d+)(/[^\s'\"]*)?")
+
+
+def _image_name(spec: dict[str, Any]) -> str:
+    return str(spec.get("image") or "").rsplit(":", 1)[0] if "@" not in str(
+        spec.get("image") or ""
+    ) else str(spec.get("image")).split("@")[0]
+
+
+def _vigil_settings(service: Service) -> Settings | None:
+    vigil = {k: v for k, v in service.env.items() if k.startswith(PREFIX)}
+    try:
+        return Settings.from_env({k: v for k, v in vigil.items() if k in known_settings()})
+    except SettingsError:
+        return None  # reported by check_vigil_environment
+
+
+def listening_ports(service: Service) -> set[int] | None:
+    """Ports the service's processes listen on inside the network (None: cannot tell).
+
+    Vigil services: the API's port (``VIGIL_API_PORT`` or ``--port``) and the flow's
+    ``VIGIL_METRICS_PORT``. Other images: their known defaults plus every ``0.0.0.0:PORT``
+    in their command (Redpanda's listeners).
+    """
+    if service.project_image:
+        settings = _vigil_settings(service)
+        if settings is None:
+            return None
+        ports: set[int] = set()
+        for call in service.python_calls():
+            if call.where.endswith("healthcheck"):
+                continue
+            if call.module == "api":
+                port = settings.api_port
+                if "--port" in call.args[:-1]:
+                    with contextlib.suppress(ValueError):
+                        port = int(call.args[call.args.index("--port") + 1])
+                ports.add(port)
+            elif call.module == "bytewax.run" and settings.metrics_port:
+                ports.add(settings.metrics_port)
+        return ports
+    known = IMAGE_PORTS.get(_image_name(service.spec))
+    if known is None:
+        return None
+    command = " ".join(_as_argv(service.spec.get("command")) or [])
+    return set(known) | {int(p) for p in _LISTEN.findall(command)}
+
+
+def _container_ports(spec: dict[str, Any]) -> list[int]:
+    out = []
+    for entry in spec.get("ports") or []:
+        if isinstance(entry, dict):
+            target = str(entry.get("target") or "")
+        else:
+            target = str(entry).partition("/")[0].rsplit(":", 1)[-1]
+        first, _, last = target.partition("-")
+        if first.isdigit():
+            out += list(range(int(first), int(last or first) + 1))
+    return out
+
+
+def check_listen_ports(compose: dict[str, Any], image: Dockerfile | None = None) -> list[str]:
+    """Published ports and healthcheck URLs point at ports the service listens on, and the
+    API listens on all interfaces (127.0.0.1 inside a container is unreachable from others)."""
+    problems = []
+    for service in services_of(compose, image):
+        ports = listening_ports(service)
+        if service.project_image and any(c.module == "api" for c in service.python_calls()):
+            settings = _vigil_settings(service)
+            calls = [c for c in service.python_calls() if c.module == "api"]
+            host = settings.api_host if settings else "0.0.0.0"
+            for c in calls:
+                if "--host" in c.args[:-1]:
+                    host = c.args[c.args.index("--host") + 1]
+            if host not in ("0.0.0.0", "::", "[::]"):
+                problems.append(
+                    f"{service.name}: the API listens on {host}, which other containers and "
+                    "published ports cannot reach; set VIGIL_API_HOST: 0.0.0.0"
+                )
+        if ports is None:
+            continue
+        for port in _container_ports(service.spec):
+            if port not in ports:
+                problems.append(
+                    f"{service.name}: publishes container port {port}, but the service listens "
+                    f"on {sorted(ports) or 'no port'}"
+                )
+        for port, _path in _LOCAL_URL.findall(" ".join(service.health_argv() or [])):
+            if int(port) not in ports:
+                problems.append(
+                    f"{service.name}: healthcheck probes port {port}, but the service listens "
+                    f"on {sorted(ports) or 'no port'}"
+                )
+    return problems
+
+
+def _service_url_problem(
+    where: str, url: str, services: dict[str, Service], ports: Mapping[str, set[int] | None]
+) -> str | None:
+    m = _URL.match(url.strip())
+    if not m:
+        return f"{where}: {url!r} is not an http(s) URL"
+    host = m["host"]
+    port = int(m["port"] or (443 if m["scheme"] == "https" else 80))
+    if host in ("localhost", "127.0.0.1"):
+        return (f"{where}: {url} points at the container itself; use the service name "
+                "instead of localhost")
+    if host not in services:
+        return f"{where}: {url} names host {host!r}, which is not a service of compose.yaml"
+    known = ports.get(host)
+    if known is not None and port not in known:
+        return (f"{where}: {url}: service {host!r} listens on {sorted(known) or 'no port'}, "
+                f"not {port}")
+    return None
+
+
+def check_service_urls(compose: dict[str, Any], image: Dockerfile | None = None) -> list[str]:
+    """``VIGIL_API_URL`` names a service and a port that service's API listens on."""
+    services = {s.name: s for s in services_of(compose, image)}
+    ports = {name: listening_ports(s) for name, s in services.items()}
+    problems = []
+    for service in services.values():
+        url = service.env.get("VIGIL_API_URL")
+        if url and service.spec.get("network_mode") != "host" and (
+            p := _service_url_problem(f"{service.name}: VIGIL_API_URL", url, services, ports)
+        ):
+            problems.append(p)
+    return problems
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind mount of a repository path into a service."""
+
+    service: str
+    source: Path  # on the host, resolved against the compose folder
+    target: str  # in the container
+
+
+def bind_mounts(compose: dict[str, Any], root: Path) -> list[Mount]:
+    """Every bind mount with a relative or absolute host path (named volumes excluded)."""
+    out = []
+    for name, spec in (compose.get("services") or {}).items():
+        for volume in (spec if isinstance(spec, dict) else {}).get("volumes") or []:
+            if isinstance(volume, dict):
+                if volume.get("type", "bind") != "bind":
+                    continue
+                source, target = str(volume.get("source") or ""), str(volume.get("target") or "")
+            else:
+                parts = str(volume).split(":")
+                if len(parts) < 2:
+                    continue
+                source, target = parts[0], parts[1]
+            if source.startswith((".", "/")):
+                out.append(Mount(name, (root / source).resolve(), target))
+    return out
+
+
+def host_path(mounts: list[Mount], service: str, container_path: str) -> Path | None:
+    """Where ``container_path`` of ``service`` comes from on the host (None: not mounted)."""
+    best: Mount | None = None
+    for m in mounts:
+        if m.service != service:
+            continue
+        t = m.target.rstrip("/")
+        if (container_path == t or container_path.startswith(t + "/")) and (
+            best is None or len(t) > len(best.target.rstrip("/"))
+        ):
+            best = m
+    if best is None:
+        return None
+    rest = container_path[len(best.target.rstrip("/")):].lstrip("/")
+    return best.source / rest if rest else best.source
+
+
+def check_mounts(compose: dict[str, Any], root: Path) -> list[str]:
+    """Every bind-mounted host path exists (a missing one would be created as an empty dir)."""
+    base = root.resolve()
+    return [
+        f"{m.service}: mounts "
+        f"{m.source.relative_to(base) if m.source.is_relative_to(base) else m.source}, "
+        "which does not exist"
+        for m in bind_mounts(compose, root)
+        if not m.source.exists()
+    ]
+
+
+def exported_metrics() -> set[str]:
+    """Every sample name Vigil's flow and API can expose (``_total``, ``_bucket`` included)."""
+    from prometheus_client import REGISTRY
+
+    from api._metrics import ApiMetrics, SensorScoreCollector
+
+    for module in ("flows.metrics", "flows.api_client"):  # they register at import
+        importlib.import_module(module)
+    families = list(REGISTRY.collect()) + list(ApiMetrics().registry.collect())
+    families += list(SensorScoreCollector(None, 0).describe())  # type: ignore[arg-type]
+    names: set[str] = set()
+    suffixes = {
+        "counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("_sum", "_count", "_created"), "info": ("_info",), "gauge": ("",),
+    }
+    for f in families:
+        if f.name.startswith("vigil_"):
+            names |= {f.name + s for s in suffixes.get(f.type, ("",))}
+    return names
+
+
+_METRIC_REF = re.compile(r"\b(vigil_[a-zA-Z0-9_]+)\b")
+
+
+def promql_problems(where: str, expr: str, known: set[str]) -> list[str]:
+    """Names in a PromQL expression that Vigil does not export (only ``vigil_*`` are checked)."""
+    text = re.sub(r'"[^"]*"', '""', expr)  # label values may contain anything
+    return [
+        f"{where}: uses metric {name!r}, which neither the flow nor the API exports"
+        for name in sorted(set(_METRIC_REF.findall(text))) if name not in known
+    ]
+
+
+def _yaml_file(path: Path, where: str, problems: list[str]) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        problems.append(f"{where}: cannot read {path.name}: {exc}")
+        return None
+
+
+def _service_with_image(services: list[Service], prefix: str) -> Service | None:
+    return next((s for s in services if _image_name(s.spec).startswith(prefix)), None)
+
+
+def check_prometheus(
+    compose: dict[str, Any], root: Path, image: Dockerfile | None = None
+) -> list[str]:
+    """The Prometheus config scrapes services on ports they serve /metrics on, and its rule
+    files exist, parse and use only metrics Vigil exports."""
+    services = services_of(compose, image)
+    prom = _service_with_image(services, "prom/prometheus")
+    if prom is None:
+        return ["compose: no Prometheus service (image prom/prometheus)"]
+    args = _as_argv(prom.spec.get("command")) or []
+    config_in = next((a.split("=", 1)[1] for a in args if a.startswith("--config.file=")),
+                     "/etc/prometheus/prometheus.yml")
+    mounts = bind_mounts(compose, root)
+    config = host_path(mounts, prom.name, config_in)
+    if config is None or not config.is_file():
+        return [f"{prom.name}: config {config_in} is not a mounted file of this repository"]
+    problems: list[str] = []
+    data = _yaml_file(config, prom.name, problems) or {}
+    by_name = {s.name: s for s in services}
+    ports = {s.name: listening_ports(s) for s in services}
+    metrics_ports = {}
+    for s in services:
+        settings = _vigil_settings(s) if s.project_image else None
+        calls = {c.module for c in s.python_calls() if not c.where.endswith("healthcheck")}
+        if settings is not None:
+            metrics_ports[s.name] = (
+                ({settings.metrics_port} if "bytewax.run" in calls and settings.metrics_port
+                 else set()) | ({settings.api_port} if "api" in calls else set())
+            )
+    jobs = data.get("scrape_configs") or []
+    if not jobs:
+        problems.append(f"{prom.name}: {config.name} has no scrape_configs")
+    for job in jobs:
+        name = job.get("job_name", "?")
+        path = job.get("metrics_path", "/metrics")
+        for sc in job.get("static_configs") or []:
+            for target in sc.get("targets") or []:
+                host, _, port_text = str(target).rpartition(":")
+                if host in ("localhost", "127.0.0.1") and int(port_text or 0) in (
+                    ports.get(prom.name) or set()
+                ):
+                    continue  # Prometheus scraping itself
+                url = f"http://{target}{path}"
+                if p := _service_url_problem(f"{prom.name}: job {name!r}", url, by_name, ports):
+                    problems.append(p)
+                    continue
+                if host in metrics_ports and (
+                    int(port_text) not in metrics_ports[host] or path != "/metrics"
+                ):
+                    problems.append(
+                        f"{prom.name}: job {name!r} scrapes {url}, but {host!r} serves /metrics "
+                        f"on {sorted(metrics_ports[host]) or 'no port (VIGIL_METRICS_PORT=0)'}"
+                    )
+    known = exported_metrics()
+    rule_files = data.get("rule_files") or []
+    if not rule_files:
+        problems.append(f"{prom.name}: {config.name} loads no rule_files")
+    for rule_file in rule_files:
+        local = host_path(mounts, prom.name, str(rule_file))
+        if local is None or not local.is_file():
+            problems.append(f"{prom.name}: rule file {rule_file} is not a mounted file")
+            continue
+        problems += check_rules(local, known)
+    return problems
+
+
+def check_rules(path: Path, known: set[str] | None = None) -> list[str]:
+    """A Prometheus rules file parses, every rule has a name and expr, alerts have a summary,
+    and the expressions use only exported metrics."""
+    known = exported_metrics() if known is None else known
+    problems: list[str] = []
+    data = _yaml_file(path, "rules", problems)
+    if data is None:
+        return problems
+    groups = data.get("groups") if isinstance(data, dict) else None
+    if not groups:
+        return [f"rules {path.name}: no rule groups"]
+    for group in groups:
+        for rule in group.get("rules") or []:
+            name = rule.get("alert") or rule.get("record")
+            where = f"rules {path.name}: {name or '(unnamed rule)'}"
+            if not name or not rule.get("expr"):
+                problems.append(f"{where}: needs `alert` (or `record`) and `expr`")
+                continue
+            if rule.get("alert") and not (rule.get("annotations") or {}).get("summary"):
+                problems.append(f"{where}: no summary annotation")
+            problems += promql_problems(where, str(rule["expr"]), known)
+    return problems
+
+
+def check_grafana(
+    compose: dict[str, Any], root: Path, image: Dockerfile | None = None
+) -> list[str]:
+    """Grafana's provisioned datasource points at the Prometheus service, its dashboard folder
+    is mounted, and every dashboard panel queries that datasource with exported metrics."""
+    services = services_of(compose, image)
+    graf = _service_with_image(services, "grafana/grafana")
+    if graf is None:
+        return ["compose: no Grafana service (image grafana/grafana)"]
+    mounts = bind_mounts(compose, root)
+    prov = host_path(mounts, graf.name, "/etc/grafana/provisioning")
+    if prov is None or not prov.is_dir():
+        return [f"{graf.name}: /etc/grafana/provisioning is not a mounted folder of this repo"]
+    problems: list[str] = []
+    by_name = {s.name: s for s in services}
+    ports = {s.name: listening_ports(s) for s in services}
+    uids = set()
+    for f in sorted((prov / "datasources").glob("*.y*ml")):
+        for ds in (_yaml_file(f, graf.name, problems) or {}).get("datasources") or []:
+            uids.add(ds.get("uid"))
+            if p := _service_url_problem(
+                f"{graf.name}: datasource {ds.get('name')!r}", str(ds.get("url", "")),
+                by_name, ports,
+            ):
+                problems.append(p)
+    if not uids:
+        problems.append(f"{graf.name}: no datasource provisioned in {prov / 'datasources'}")
+    dashboards: list[Path] = []
+    for f in sorted((prov / "dashboards").glob("*.y*ml")):
+        for provider in (_yaml_file(f, graf.name, problems) or {}).get("providers") or []:
+            path = str((provider.get("options") or {}).get("path", ""))
+            local = host_path(mounts, graf.name, path)
+            if local is None or not local.is_dir():
+                problems.append(
+                    f"{graf.name}: dashboard provider path {path!r} is not a mounted folder"
+                )
+                continue
+            dashboards += sorted(local.glob("*.json"))
+    if not dashboards:
+        problems.append(f"{graf.name}: no dashboard JSON is provisioned")
+    known = exported_metrics()
+    for d in dashboards:
+        problems += check_dashboard(d, uids, known)
+    return problems
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(panel title, datasource, expr) of every panel target and query variable."""
+    for panel in dashboard.get("panels") or []:
+        for sub in [panel, *(panel.get("panels") or [])]:
+            for target in sub.get("targets") or []:
+                ds = target.get("datasource") or sub.get("datasource") or {}
+                yield str(sub.get("title")), ds, str(target.get("expr", ""))
+    for var in (dashboard.get("templating") or {}).get("list") or []:
+        if var.get("type") == "query":
+            query = var.get("query")
+            expr = query.get("query", "") if isinstance(query, dict) else str(query or "")
+            yield f"variable ${var.get('name')}", var.get("datasource") or {}, expr
+
+
+def check_dashboard(path: Path, uids: set[Any], known: set[str] | None = None) -> list[str]:
+    """A dashboard JSON parses, has a uid and title, queries only provisioned datasources and
+    only metrics Vigil exports."""
+    known = exported_metrics() if known is None else known
+    try:
+        dashboard = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return [f"dashboard {path.name}: not valid JSON ({exc})"]
+    problems = []
+    if not dashboard.get("uid") or not dashboard.get("title"):
+        problems.append(f"dashboard {path.name}: needs a uid and a title")
+    queries = list(dashboard_queries(dashboard))
+    if not queries:
+        problems.append(f"dashboard {path.name}: no panel queries anything")
+    for title, ds, expr in queries:
+        where = f"dashboard {path.name}: {title}"
+        if not expr.strip():
+            problems.append(f"{where}: empty query")
+        if isinstance(ds, dict) and ds.get("uid") not in uids:
+            problems.append(f"{where}: datasource uid {ds.get('uid')!r} is not provisioned")
+        problems += promql_problems(where, expr, known)
+    return problems
+
+
 # --- Everything at once -------------------------------------------------------------------------
 
 
 def check_compose(
-    compose: dict[str, Any], image: Dockerfile | None = None, env: Mapping[str, str] | None = None
+    compose: dict[str, Any], image: Dockerfile | None = None, env: Mapping[str, str] | None = None,
+    root: Path | None = None,
 ) -> list[str]:
-    """Every compose check on a raw (uninterpolated) Compose document."""
+    """Every compose check on a raw (uninterpolated) Compose document.
+
+    With ``root`` (the folder compose.yaml is in) the bind-mounted files and the Prometheus and
+    Grafana configurations in them are checked too.
+    """
     problems: list[str] = []
     if "version" in compose:
         problems.append("compose: the top-level `version` key is obsolete in the Compose spec")
-    resolved = resolve(compose, env or {}, problems)
+    resolved = resolve(compose, defaults_env(compose) if env is None else env, problems)
     problems += check_images(resolved)
     problems += check_depends_on(resolved, image)
     problems += check_python_commands(resolved, image)
@@ -1034,16 +1487,22 @@ def check_compose(
     problems += check_ports(resolved)
     problems += check_topics(resolved, image)
     problems += check_volumes(resolved)
+    problems += check_listen_ports(resolved, image)
+    problems += check_service_urls(resolved, image)
+    if root is not None:
+        problems += check_mounts(resolved, root)
+        problems += check_prometheus(resolved, root, image)
+        problems += check_grafana(resolved, root, image)
     return problems
 
 
 def check_all(root: Path = ROOT, env: Mapping[str, str] | None = None) -> list[str]:
-    """Check ``root``'s compose.yaml, Dockerfile and .dockerignore together."""
+    """Check ``root``'s compose.yaml, Dockerfile, .dockerignore and the ops/ configs together."""
     image = parse_dockerfile((root / "Dockerfile").read_text())
     return [
         *check_dockerfile(image, Project.load(root)),
         *check_dockerignore(image, root),
-        *check_compose(load_compose(root / "compose.yaml"), image, env),
+        *check_compose(load_compose(root / "compose.yaml"), image, env, root=root),
     ]
 
 

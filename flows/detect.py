@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 
 from detectors.factory import DetectorConfigError, build_detectors, build_score_stage
-from flows import metrics
+from flows import logs, metrics
 from flows.decode import BatchDecoder, DecodedBatch, RawBatch
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord, encoder
 from flows.settings import Settings, SettingsError
@@ -51,50 +52,118 @@ class FlowStreams:
 Outputs = Callable[[FlowStreams], None]
 
 
-class _WindowedFeatures(StatefulBatchLogic[list[Reading], FeatureOutput, bytes]):
+@dataclass(frozen=True, slots=True)
+class _Features:
+    """One shard's feature output and the Kafka timestamp its latency is measured from."""
+
+    out: FeatureOutput
+    produced_ms: int
+
+
+class _WindowedFeatures(StatefulBatchLogic[tuple[int, list[Reading]], _Features, bytes]):
     def __init__(self, stage: FeatureStage) -> None:
         self.stage = stage
+        self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels("windowed_features")
 
-    def on_batch(self, values: list[list[Reading]]) -> tuple[list[FeatureOutput], bool]:
+    def on_batch(self, values: list[tuple[int, list[Reading]]]) -> tuple[list[_Features], bool]:
         t0 = time.perf_counter()
-        out = self.stage.process(values)
+        out = self.stage.process([readings for _, readings in values])
         metrics.BATCH_SECONDS.labels("windowed_features").observe(time.perf_counter() - t0)
         metrics.ACCEPTED.inc(out.accepted)
         if out.late:
             metrics.DEAD.labels("late").inc(len(out.late))
-        return [out], self.RETAIN
+        produced = min((p for p, _ in values if p), default=0)
+        return [_Features(out, produced)], self.RETAIN
 
-    def on_eof(self) -> tuple[list[FeatureOutput], bool]:
+    def on_eof(self) -> tuple[list[_Features], bool]:
         out = self.stage.flush()
-        return ([out] if out.windows else []), self.RETAIN
+        return ([_Features(out, 0)] if out.windows else []), self.RETAIN
 
     def snapshot(self) -> bytes:
-        return self.stage.snapshot()
+        t0 = time.perf_counter()
+        state = self.stage.snapshot()
+        self._snapshot_seconds.observe(time.perf_counter() - t0)
+        return state
 
 
-class _ScoreWindows(StatefulBatchLogic[FeatureOutput, ScoreOutput, bytes]):
+class _ScoreWindows(StatefulBatchLogic[_Features, ScoreOutput, bytes]):
     def __init__(self, stage: ScoreStage) -> None:
         self.stage = stage
+        stage.ensemble.detectors = metrics.timed(stage.ensemble.detectors)
+        self._version: str | None = None
+        self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels("score_windows")
 
-    def on_batch(self, values: list[FeatureOutput]) -> tuple[list[ScoreOutput], bool]:
+    def on_batch(self, values: list[_Features]) -> tuple[list[ScoreOutput], bool]:
         t0 = time.perf_counter()
-        windows = [w for out in values for w in out.windows]
+        windows = [w for f in values for w in f.out.windows]
         out = self.stage.process(windows)
         metrics.BATCH_SECONDS.labels("score_windows").observe(time.perf_counter() - t0)
+        if not windows:
+            return [out], self.RETAIN
+        now = time.time()
         metrics.WINDOWS.inc(len(windows))
-        for alert in out.alerts:
-            metrics.ALERTS.labels(alert.severity, alert.status).inc()
+        anomalous = sum(1 for s in out.scores if s.anomalous)
+        metrics.SCORES.labels("true").inc(anomalous)
+        metrics.SCORES.labels("false").inc(len(out.scores) - anomalous)
+        produced = min((f.produced_ms for f in values if f.produced_ms), default=0)
+        if produced:
+            metrics.SCORING_LATENCY.observe(metrics.latency_since(produced, now))
+        if out.alerts:
+            self._account_alerts(out.alerts, values, produced, now)
+        version = self.stage.version
+        if version != self._version:
+            metrics.model_switched(version, self._version)
+            if self._version is not None:
+                log.info("state shard now scores with model %s (was %s)", version,
+                         self._version, extra={"model_version": version})
+            self._version = version
         return [out], self.RETAIN
 
+    @staticmethod
+    def _account_alerts(
+        alerts: list[Alert], values: list[_Features], produced: int, now: float
+    ) -> None:
+        """Count, time and log each alert; alerts are rare, so per-alert work is fine here."""
+        closed_by: dict[tuple[str, int], int] = {
+            (sid, w.end_ms): f.produced_ms for f in values if f.produced_ms
+            for sid, w in f.out.windows
+        }
+        for alert in alerts:
+            metrics.ALERTS.labels(alert.severity, alert.status).inc()
+            end_s = alert.end.timestamp()
+            metrics.ALERT_EVENT_LAG.observe(max(0.0, now - end_s))
+            at = closed_by.get((alert.sensor_id, round(end_s * 1000)), produced)
+            if at:
+                metrics.ALERT_LATENCY.observe(metrics.latency_since(at, now))
+            log.info(
+                "alert %s", "opened" if alert.status == "open" else alert.status,
+                extra={
+                    "alert_id": alert.alert_id, "sensor_id": alert.sensor_id,
+                    "severity": alert.severity, "score": alert.score,
+                    "window_end": alert.end.isoformat(), "model_version": alert.model_version,
+                },
+            )
+
     def snapshot(self) -> bytes:
-        return self.stage.snapshot()
+        t0 = time.perf_counter()
+        state = self.stage.snapshot()
+        self._snapshot_seconds.observe(time.perf_counter() - t0)
+        return state
 
 
 def _count_decoded(batch: DecodedBatch, raw_count: int) -> DecodedBatch:
     metrics.READINGS.inc(raw_count)
-    for dead in batch.dead:
-        metrics.DEAD.labels(dead.reason).inc()
+    if batch.dead:
+        for reason, n in Counter(d.reason for d in batch.dead).items():
+            metrics.DEAD.labels(reason).inc(n)
     return batch
+
+
+def _by_shard(batch: DecodedBatch, shards: int) -> list[tuple[str, tuple[int, list[Reading]]]]:
+    return [
+        (shard, (batch.produced_ms, readings))
+        for shard, readings in group_by_shard(batch.readings, shards)
+    ]
 
 
 def build_flow(
@@ -135,15 +204,15 @@ def build_flow(
     )
     invalid = op.flat_map("invalid_records", decoded, lambda b: b.dead)
     by_shard = op.flat_map(
-        "key_by_sensor_shard", decoded, lambda b: group_by_shard(b.readings, settings.state_shards)
+        "key_by_sensor_shard", decoded, lambda b: _by_shard(b, settings.state_shards)
     )
     features = op.stateful_batch("windowed_features", by_shard, new_features)
-    late = op.flat_map("late_readings", features, lambda kv: kv[1].late)
+    late = op.flat_map("late_readings", features, lambda kv: kv[1].out.late)
     scored = op.stateful_batch("score_windows", features, new_scorer)
     alerts = op.flat_map("alerts", scored, lambda kv: kv[1].alerts)
     scores = op.flat_map("scores", scored, lambda kv: kv[1].scores)
     dead = op.merge("dead_letters", invalid, late)
-    windows = op.flat_map("closed_windows", features, lambda kv: kv[1].windows)
+    windows = op.flat_map("closed_windows", features, lambda kv: kv[1].out.windows)
     (outputs or _default_outputs(settings))(FlowStreams(alerts, scores, dead, windows))
     return flow
 
@@ -228,11 +297,7 @@ def _load() -> Dataflow:
     except SettingsError as exc:
         sys.stderr.write(f"vigil: {exc}\n")
         raise SystemExit(2) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.configure(settings)
     log.info(_describe_mode(settings))
     if settings.api_url:
         log.info("pushing alerts and aggregated scores to the API at %s", settings.api_url)

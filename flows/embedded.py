@@ -66,7 +66,9 @@ class _SimulatorPartition(StatefulSourcePartition[RawBatch, SimState]):
             room = self._limit - self._emitted
             offsets, values = offsets[:room], values[:room]
         self._emitted += len(values)
-        return [RawBatch("simulator", 0, offsets, values)] if values else []
+        if not values:
+            return []
+        return [RawBatch("simulator", 0, offsets, values, round(time.time() * 1000))]
 
     def next_awake(self) -> datetime | None:
         due = self._fleet.tick_time(self._tick).timestamp()

@@ -17,10 +17,18 @@ import time
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    Producer,
+)
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows import metrics
 from flows.decode import RawBatch
 from flows.settings import Settings
 
@@ -76,6 +84,19 @@ class _ReadingsPartition(StatefulSourcePartition[RawBatch, int]):
         self._topic = topic
         self._partition = partition
         self._batch_size = settings.consumer_batch_size
+        self._lag = metrics.CONSUMER_LAG.labels(topic, str(partition))
+        self._lag_sampled = 0.0
+
+    def _sample_lag(self) -> None:
+        """Lag from the high watermark the last fetch response carried: no broker round trip."""
+        now = time.monotonic()
+        if now - self._lag_sampled < metrics.LAG_SAMPLE_SECONDS or self._offset < 0:
+            return
+        self._lag_sampled = now
+        tp = KafkaTopicPartition(self._topic, self._partition)
+        _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0:
+            self._lag.set(max(0, high - self._offset))
 
     def _confirm_end(self) -> None:
         """Take the end offset from a fetch response, not only from ListOffsets.
@@ -101,6 +122,7 @@ class _ReadingsPartition(StatefulSourcePartition[RawBatch, int]):
         msgs = self._consumer.consume(self._batch_size, 0.05)
         if self._end is not None and not self._end_confirmed:
             self._confirm_end()
+        self._sample_lag()
         if not msgs:
             if self._end is not None and self._end_confirmed:
                 tp = KafkaTopicPartition(self._topic, self._partition)
@@ -110,6 +132,7 @@ class _ReadingsPartition(StatefulSourcePartition[RawBatch, int]):
             return []
         offsets: list[int] = []
         values: list[bytes | None] = []
+        produced_ms = 0
         for m in msgs:
             if self._end_confirmed and self._end is not None and m.offset() >= self._end:
                 break
@@ -120,12 +143,15 @@ class _ReadingsPartition(StatefulSourcePartition[RawBatch, int]):
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error on %s[%d]: %s", self._topic, self._partition, err)
                 continue
+            if not offsets:
+                kind, ts = m.timestamp()
+                produced_ms = ts if kind != TIMESTAMP_NOT_AVAILABLE and ts > 0 else 0
             offsets.append(m.offset())
             values.append(m.value())
         if not offsets:
             return []
         self._offset = offsets[-1] + 1
-        return [RawBatch(self._topic, self._partition, offsets, values)]
+        return [RawBatch(self._topic, self._partition, offsets, values, produced_ms)]
 
     def snapshot(self) -> int:
         return self._offset
@@ -157,6 +183,7 @@ KeyValue = tuple[bytes | None, bytes]
 class _ProducerPartition(StatefulSinkPartition[KeyValue, None]):
     def __init__(self, settings: Settings, topic: str) -> None:
         self._topic = topic
+        self._flush_seconds = metrics.SNAPSHOT_SECONDS.labels(f"write:{topic}")
         self._errors: list[str] = []
         self._producer = Producer({
             **settings.kafka_config(),
@@ -183,7 +210,9 @@ class _ProducerPartition(StatefulSinkPartition[KeyValue, None]):
 
     def snapshot(self) -> None:
         # Block the epoch until the broker has every record written so far.
+        t0 = time.perf_counter()
         remaining = self._producer.flush(60)
+        self._flush_seconds.observe(time.perf_counter() - t0)
         if remaining or self._errors:
             errors, self._errors = self._errors[:3], []
             raise RuntimeError(

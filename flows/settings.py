@@ -294,9 +294,20 @@ class Settings:
         "of each sensor since the last push (so anomalies are never sampled away).",
         default=timedelta(seconds=5),
     )
+    api_metrics_sensors: int = _doc(
+        "The API's /metrics exports the latest score of at most this many sensors (the first "
+        "by sensor_id) as `vigil_api_sensor_score`, bounding the series Prometheus stores; "
+        "0 exports none. Every sensor's history stays available at /v1/sensors/{id}/scores.",
+        default=100,
+    )
 
     # --- Process ----------------------------------------------------------------------------
     log_level: str = _doc("Log level: DEBUG, INFO, WARNING or ERROR.", default="INFO")
+    log_format: str = _doc(
+        "`json`: one JSON object per line on stderr (time, level, logger, msg and fields such "
+        "as sensor_id or alert_id), for log collectors; `text`: one readable line per event.",
+        default="json",
+    )
     metrics_port: int = _doc(
         "Port of the flow's Prometheus /metrics endpoint; 0 turns it off.", default=0
     )
@@ -374,6 +385,8 @@ class Settings:
             p.append(f"VIGIL_API_URL must be an http:// or https:// URL, got {self.api_url!r}")
         if not 0 < self.api_port < 65536:
             p.append("VIGIL_API_PORT must be a port number")
+        if self.api_metrics_sensors < 0:
+            p.append("VIGIL_API_METRICS_SENSORS must not be negative")
         for name in ("api_workers", "api_max_body_bytes", "api_sink_buffer", "api_sink_batch"):
             if getattr(self, name) < 1:
                 p.append(f"VIGIL_{name.upper()} must be at least 1")
@@ -423,6 +436,8 @@ class Settings:
             p.append(
                 f"VIGIL_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
             )
+        if self.log_format.lower() not in ("json", "text"):
+            p.append(f"VIGIL_LOG_FORMAT must be json or text, got {self.log_format!r}")
         if self.kafka_security_protocol.lower() not in (
             "plaintext", "ssl", "sasl_plaintext", "sasl_ssl"
         ):
@@ -464,15 +479,24 @@ class Settings:
             cfg["ssl.ca.location"] = self.kafka_ssl_ca_location
         return cfg
 
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never reach a log line (tokens, passwords), longest first."""
+        values = {getattr(self, f.name) for f in fields(self) if _is_secret(f.name)}
+        return tuple(sorted((v for v in values if v), key=len, reverse=True))
+
     def describe(self) -> dict[str, str]:
         """Every setting as text for start-up logs, with secrets masked."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if ("password" in f.name or "token" in f.name) and value:
+            if _is_secret(f.name) and value:
                 value = "***"
             out[f.name] = _format(value)
         return out
+
+
+def _is_secret(name: str) -> bool:
+    return "password" in name or "token" in name
 
 
 def _parse(tp: Any, raw: str) -> Any:

@@ -21,7 +21,7 @@ from flows.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = cc.load_compose(ROOT / "compose.yaml")
-COMPOSE = cc.resolve(RAW, {})  # ${VAR:-default} resolved with the defaults
+COMPOSE = cc.resolve(RAW, cc.defaults_env(RAW))  # defaults; a placeholder API token
 IMAGE = cc.parse_dockerfile((ROOT / "Dockerfile").read_text())
 PROJECT = cc.Project.load(ROOT)
 
@@ -33,9 +33,12 @@ def _service(name: str) -> cc.Service:
 # --- compose.yaml -------------------------------------------------------------------------------
 
 
-def test_the_stack_has_broker_console_topic_setup_flow_and_demo_simulator():
+def test_the_stack_has_broker_console_topics_flow_api_monitoring_and_demo_simulator():
     services = COMPOSE["services"]
-    assert set(services) >= {"redpanda", "console", "init-topics", "detect", "simulator"}
+    assert set(services) == {
+        "redpanda", "console", "init-topics", "detect", "simulator", "api", "prometheus",
+        "grafana",
+    }
     assert services["simulator"]["profiles"] == ["demo"]
     assert "version" not in RAW  # Compose spec: the key is obsolete
 
@@ -58,7 +61,7 @@ def test_python_commands_run_modules_that_exist():
         c.module for s in cc.services_of(COMPOSE, IMAGE) for c in s.python_calls() if c.module
     }
     # not vacuous: the commands below were found and checked
-    assert modules == {"bytewax.run", "bytewax.recovery", "flows.simulator"}
+    assert modules == {"bytewax.run", "bytewax.recovery", "flows.simulator", "api"}
 
 
 def test_detect_initialises_recovery_once_and_runs_flows_detect_from_the_volume():
@@ -96,7 +99,7 @@ def test_long_running_services_have_healthchecks_and_init_topics_is_one_shot():
 def test_published_ports_do_not_collide():
     assert cc.check_ports(COMPOSE) == []
     published = {p for spec in COMPOSE["services"].values() for _, p, _ in cc.published_ports(spec)}
-    assert published == {19092, 18081, 9644, 8080}
+    assert published == {19092, 18081, 9644, 8080, 8000, 9090, 3000}
 
 
 def test_init_topics_creates_the_topics_the_flow_uses_by_default():
@@ -125,7 +128,51 @@ def test_named_volumes_are_declared():
 
 
 def test_the_whole_compose_check_passes():
-    assert cc.check_compose(RAW, IMAGE) == []
+    assert cc.check_compose(RAW, IMAGE, root=ROOT) == []
+
+
+def test_redpanda_runs_its_schema_registry_and_console_uses_it():
+    command = " ".join(COMPOSE["services"]["redpanda"]["command"].split())
+    assert "--schema-registry-addr internal://0.0.0.0:8081" in command
+    console = COMPOSE["services"]["console"]["environment"]
+    assert console["KAFKA_SCHEMAREGISTRY_URLS"] == "http://redpanda:8081"
+
+
+def test_the_api_token_is_required_from_the_operator_and_shared_by_api_and_flow():
+    assert cc.required_variables(RAW) == {"VIGIL_API_TOKEN"}
+    text = "\n".join(cc.check_compose(RAW, IMAGE, env={}))
+    assert "${VIGIL_API_TOKEN} is required: set VIGIL_API_TOKEN in .env" in text
+    env = {"VIGIL_API_TOKEN": "t0k"}
+    resolved = cc.resolve(RAW, env)
+    by_name = {s.name: s for s in cc.services_of(resolved, IMAGE)}
+    assert by_name["api"].env["VIGIL_API_TOKEN"] == by_name["detect"].env["VIGIL_API_TOKEN"]
+    assert by_name["detect"].env["VIGIL_API_URL"] == "http://api:8000"
+
+
+def test_the_api_service_serves_on_all_interfaces_with_a_volume_and_a_health_check():
+    api = _service("api")
+    assert cc.listening_ports(api) == {8000}
+    assert api.env["VIGIL_API_HOST"] == "0.0.0.0" and api.env["VIGIL_API_DB"] == "/data/api.sqlite3"
+    assert "api-data:/data" in COMPOSE["services"]["api"]["volumes"]
+    assert "http://127.0.0.1:8000/health" in " ".join(api.health_argv() or [])
+    deps = COMPOSE["services"]["detect"]["depends_on"]
+    assert deps["api"]["condition"] == "service_healthy"
+    assert COMPOSE["services"]["grafana"]["depends_on"]["prometheus"]["condition"] == (
+        "service_healthy"
+    )
+
+
+def test_ports_urls_mounts_prometheus_and_grafana_checks_pass_on_the_committed_files():
+    assert cc.check_listen_ports(COMPOSE, IMAGE) == []
+    assert cc.check_service_urls(COMPOSE, IMAGE) == []
+    assert cc.check_mounts(COMPOSE, ROOT) == []
+    assert cc.check_prometheus(COMPOSE, ROOT, IMAGE) == []
+    assert cc.check_grafana(COMPOSE, ROOT, IMAGE) == []
+    mounted = {m.source.relative_to(ROOT).as_posix() for m in cc.bind_mounts(COMPOSE, ROOT)}
+    assert mounted == {
+        "ops/prometheus/prometheus.yml", "ops/prometheus/rules", "ops/grafana/provisioning",
+        "ops/grafana/dashboards",
+    }
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------
@@ -310,3 +357,64 @@ def test_the_dockerfile_check_reports_root_user_missing_package_and_missing_modu
         "dataflow 'flows.nothing_here'",
     ):
         assert expected in text, f"{expected!r} not in:\n{text}"
+
+
+def _broken_copy(tmp_path: Path) -> Path:
+    """The repository's compose.yaml, Dockerfile and ops/ configs, copied to be broken."""
+    for name in ("compose.yaml", "Dockerfile", "pyproject.toml", "README.md", ".dockerignore"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "ops", tmp_path / "ops")
+    return tmp_path
+
+
+def test_a_broken_copy_of_the_stack_fails_on_modules_ports_mounts_settings_and_metrics(tmp_path):
+    import yaml
+
+    root = _broken_copy(tmp_path)
+    assert cc.check_all(root) == []  # the untouched copy passes
+    raw = cc.load_compose(root / "compose.yaml")
+    services = raw["services"]
+    services["simulator"]["command"][2] = "flows.simulatorr"
+    services["api"]["environment"]["VIGIL_API_PORT"] = "8001"
+    services["api"]["environment"]["VIGIL_API_WORKER"] = "2"
+    services["detect"]["environment"]["VIGIL_METRICS_PORT"] = "9200"
+    services["grafana"]["volumes"][0] = "./ops/grafana/provision:/etc/grafana/provisioning:ro"
+    services["prometheus"]["ports"] = ["9091:9091"]
+    (root / "compose.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    prom = root / "ops/prometheus/prometheus.yml"
+    prom.write_text(prom.read_text().replace('"api:8000"', '"vigil-api:8000"'))
+    rules = root / "ops/prometheus/rules/vigil.rules.yml"
+    rules.write_text(rules.read_text().replace("vigil_consumer_lag_messages",
+                                               "vigil_consumer_lag"))
+    text = "\n".join(cc.check_all(root))
+    for expected in (
+        "simulator: command: module 'flows.simulatorr' does not exist",  # module
+        "api: VIGIL_API_WORKER is not a Vigil setting",  # setting
+        "detect: VIGIL_API_URL: http://api:8000: service 'api' listens on [8001], not 8000",
+        "api: publishes container port 8000, but the service listens on [8001]",  # ports
+        "api: healthcheck probes port 8000, but the service listens on [8001]",
+        "detect: healthcheck probes port 9100 but VIGIL_METRICS_PORT is '9200'",
+        "prometheus: publishes container port 9091, but the service listens on [9090]",
+        "prometheus: job 'vigil-flow': http://detect:9100/metrics: service 'detect' listens on "
+        "[9200], not 9100",
+        "prometheus: job 'vigil-api': http://vigil-api:8000/metrics names host 'vigil-api', "
+        "which is not a service",
+        "grafana: mounts ops/grafana/provision, which does not exist",  # mounted config
+        "grafana: /etc/grafana/provisioning is not a mounted folder",
+        "uses metric 'vigil_consumer_lag', which neither the flow nor the API exports",
+    ):
+        assert expected in text, f"{expected!r} not reported:\n{text}"
+
+
+def test_the_api_on_localhost_inside_its_container_is_reported():
+    compose = cc.resolve(RAW, cc.defaults_env(RAW))
+    compose["services"]["api"]["environment"]["VIGIL_API_HOST"] = "127.0.0.1"
+    text = "\n".join(cc.check_listen_ports(compose, IMAGE))
+    assert "api: the API listens on 127.0.0.1, which other containers" in text
+
+
+def test_the_dockerfile_must_expose_the_api_and_metrics_ports():
+    text = (ROOT / "Dockerfile").read_text().replace("EXPOSE 9100 8000", "EXPOSE 9100")
+    problems = cc.check_dockerfile(cc.parse_dockerfile(text), PROJECT)
+    assert problems == ["Dockerfile: EXPOSE lacks 8000, a port the image serves (API or flow "
+                        "metrics)"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated
 
@@ -25,6 +26,8 @@ ALERT_EXAMPLE = {
     "contributors": [{"metric": "pressure", "weight": 9.41}], "model_version": "zscore-1",
     "windows": 1,
 }
+
+log = logging.getLogger("vigil.api.alerts")
 
 SensorQ = Annotated[str | None, Parameter(description="only this sensor")]
 SeverityQ = Annotated[Severity | None, Parameter(description="warning or critical")]
@@ -63,6 +66,11 @@ async def ingest_alerts(
     c.metrics.ingested.labels("alerts", "created").inc(created)
     c.metrics.ingested.labels("alerts", "updated").inc(updated)
     c.metrics.ingested.labels("alerts", "unchanged").inc(unchanged)
+    for e in events:
+        log.info("alert %s", e.kind, extra={
+            "alert_id": e.alert.alert_id, "sensor_id": e.alert.sensor_id,
+            "status": e.alert.status, "severity": e.alert.severity,
+        })
     if events:
         c.broadcaster.notify()
     return IngestResult(len(data), created, updated, unchanged)
@@ -143,5 +151,8 @@ async def update_alert(
     except ValueError as exc:
         raise ClientException(str(exc), status_code=409) from None
     if event is not None:
+        log.info("alert %s", data.status, extra={
+            "alert_id": alert_id, "sensor_id": view.sensor_id, "by": data.by,
+        })
         c.broadcaster.notify()
     return view
