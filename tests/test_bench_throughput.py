@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -92,7 +93,7 @@ def test_two_detector_sets_alternate_in_one_run_and_each_reaches_the_flow(
 ) -> None:
     out, logs = tmp_path / "bench.json", tmp_path / "logs"
     run = subprocess.run(
-        [sys.executable, "-m", "bench.throughput", "--readings", "5000", "--sensors", "100",
+        [sys.executable, "-m", "bench.throughput", "--readings", "20000", "--sensors", "200",
          "--brokers", broker.bootstrap, "--json", str(out), "--no-progress",
          "--detectors", "zscore", "--detectors", "zscore,seasonal", "--log-dir", str(logs)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -106,6 +107,6 @@ def test_two_detector_sets_alternate_in_one_run_and_each_reaches_the_flow(
     assert report["config"]["detectors"] == "zscore"
     # the flows really ran those detector sets (their start-up log names them)
     first, second = (logs / "flow-run1-zscore.log"), (logs / "flow-run1-zscore-seasonal.log")
-    assert "detectors: zscore (zscore-1)\n" in first.read_text()
+    assert re.search(r"detectors: zscore \(zscore-1\)(?!,)", first.read_text())
     assert "detectors: zscore (zscore-1), seasonal (seasonal-1)" in second.read_text()
     assert "1.00x the first set" in run.stdout
