@@ -84,6 +84,7 @@ class _ReadingsPartition(StatefulSourcePartition[RawBatch, int]):
         self._topic = topic
         self._partition = partition
         self._batch_size = settings.consumer_batch_size
+        self._poll_s = settings.consumer_poll_ms / 1000.0
         self._lag = metrics.CONSUMER_LAG.labels(topic, str(partition))
         self._lag_sampled = 0.0
 
@@ -119,7 +120,7 @@ class _ReadingsPartition(StatefulSourcePartition[RawBatch, int]):
     def next_batch(self) -> list[RawBatch]:
         if self._at_end():
             raise StopIteration
-        msgs = self._consumer.consume(self._batch_size, 0.05)
+        msgs = self._consumer.consume(self._batch_size, self._poll_s)
         if self._end is not None and not self._end_confirmed:
             self._confirm_end()
         self._sample_lag()

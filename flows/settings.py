@@ -91,6 +91,11 @@ class Settings:
         "Most messages taken from one partition per poll; bigger batches amortise overhead.",
         default=5000,
     )
+    consumer_poll_ms: int = _doc(
+        "Longest wait for a poll to fill a batch: with fewer readings waiting, the batch goes "
+        "on after this many ms. Lower cuts latency at low rates, higher amortises overhead.",
+        default=10,
+    )
     fetch_wait_max_ms: int = _doc(
         "librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch; bounds latency.",
         default=10,
@@ -376,7 +381,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 p.append(f"VIGIL_{name.upper()} must be at least 1")
-        for name in ("fetch_wait_max_ms", "producer_linger_ms", "sim_limit", "zscore_warmup"):
+        for name in ("fetch_wait_max_ms", "producer_linger_ms", "sim_limit", "zscore_warmup",
+                     "consumer_poll_ms"):
             if getattr(self, name) < 0:
                 p.append(f"VIGIL_{name.upper()} must not be negative")
         if not 0 <= self.metrics_port < 65536:
