@@ -61,8 +61,9 @@ class _Features:
 
 
 class _WindowedFeatures(StatefulBatchLogic[tuple[int, list[Reading]], _Features, bytes]):
-    def __init__(self, stage: FeatureStage) -> None:
+    def __init__(self, stage: FeatureStage, snapshots: bool = True) -> None:
         self.stage = stage
+        self.snapshots = snapshots
         self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels("windowed_features")
 
     def on_batch(self, values: list[tuple[int, list[Reading]]]) -> tuple[list[_Features], bool]:
@@ -80,6 +81,8 @@ class _WindowedFeatures(StatefulBatchLogic[tuple[int, list[Reading]], _Features,
         return ([_Features(out, 0)] if out.windows else []), self.RETAIN
 
     def snapshot(self) -> bytes:
+        if not self.snapshots:
+            return b""  # no recovery store: Bytewax would only discard it
         t0 = time.perf_counter()
         state = self.stage.snapshot()
         self._snapshot_seconds.observe(time.perf_counter() - t0)
@@ -87,8 +90,9 @@ class _WindowedFeatures(StatefulBatchLogic[tuple[int, list[Reading]], _Features,
 
 
 class _ScoreWindows(StatefulBatchLogic[_Features, ScoreOutput, bytes]):
-    def __init__(self, stage: ScoreStage) -> None:
+    def __init__(self, stage: ScoreStage, snapshots: bool = True) -> None:
         self.stage = stage
+        self.snapshots = snapshots
         stage.ensemble.detectors = metrics.timed(stage.ensemble.detectors)
         self._version: str | None = None
         self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels("score_windows")
@@ -145,6 +149,8 @@ class _ScoreWindows(StatefulBatchLogic[_Features, ScoreOutput, bytes]):
             )
 
     def snapshot(self) -> bytes:
+        if not self.snapshots:
+            return b""  # no recovery store: Bytewax would only discard it
         t0 = time.perf_counter()
         state = self.stage.snapshot()
         self._snapshot_seconds.observe(time.perf_counter() - t0)
@@ -166,10 +172,37 @@ def _by_shard(batch: DecodedBatch, shards: int) -> list[tuple[str, tuple[int, li
     ]
 
 
+def recovery_configured() -> bool:
+    """False only when this process is ``python -m bytewax.run`` without a recovery store.
+
+    Bytewax asks every stateful step for a snapshot at each epoch (10 s) even when there is
+    no recovery store to keep it; building Vigil's costs ~0.1 s per 1,000 active sensors
+    (``bench.state_size``), a stall that shows in throughput and p99 latency. Bytewax's own
+    argument parser reads the same command line (and ``BYTEWAX_RECOVERY_DIRECTORY``) here.
+    Any other way of running a flow (``bytewax.testing``, an embedding program) keeps
+    snapshots on: the safe side.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is None or spec.name != "bytewax.run" or not hasattr(main, "_create_arg_parser"):
+        return True
+    try:
+        args, _ = main._create_arg_parser().parse_known_args(sys.argv[1:])
+    except SystemExit:
+        return True
+    return getattr(args, "recovery_directory", None) is not None
+
+
 def build_flow(
-    settings: Settings, source: Source[RawBatch] | None = None, outputs: Outputs | None = None
+    settings: Settings, source: Source[RawBatch] | None = None, outputs: Outputs | None = None,
+    snapshots: bool | None = None,
 ) -> Dataflow:
-    """The dataflow for ``settings``; tests inject a source and outputs."""
+    """The dataflow for ``settings``; tests inject a source and outputs.
+
+    ``snapshots=False`` skips building recovery snapshots; ``None`` decides by
+    :func:`recovery_configured`.
+    """
+    keep = recovery_configured() if snapshots is None else snapshots
     spec = WindowSpec(
         length_ms=round(settings.window_length.total_seconds() * 1000),
         hop_ms=round(settings.window_hop.total_seconds() * 1000),
@@ -185,17 +218,18 @@ def build_flow(
 
         names += f"; model registry {settings.model_registry or DEFAULT_REGISTRY}"
     log.info("detectors: %s", names)
+    log.info("recovery snapshots: %s", "on" if keep else "off (no recovery directory)")
 
     def new_features(state: bytes | None) -> _WindowedFeatures:
         if state is None:
-            return _WindowedFeatures(FeatureStage(spec, topic))
-        return _WindowedFeatures(FeatureStage.restore(spec, state, topic))
+            return _WindowedFeatures(FeatureStage(spec, topic), keep)
+        return _WindowedFeatures(FeatureStage.restore(spec, state, topic), keep)
 
     def new_scorer(state: bytes | None) -> _ScoreWindows:
         stage = build_score_stage(settings)
         if state is not None:
             stage.restore(state)
-        return _ScoreWindows(stage)
+        return _ScoreWindows(stage, keep)
 
     flow = Dataflow("vigil_detect")
     raw = op.input("read_readings", flow, source or _default_source(settings))
