@@ -84,6 +84,11 @@ def measure(
         result[f"{name}_snapshot_mib"] = size / 2**20
         result[f"{name}_snapshot_s"] = statistics.median(times)
         result[f"{name}_restore_s"] = restore
+    if not scorers:
+        raise ValueError(
+            f"no window closed in {minutes:g} simulated minutes; give more --minutes (a window "
+            f"of {spec.length_ms / 60000:g} min closes after it ends plus the allowed lateness)"
+        )
     # what each detector and its calibrator add to the score snapshot
     for det in next(iter(scorers.values())).ensemble.detectors:
         d_bytes = c_bytes = s_bytes = 0
@@ -121,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, detectors=args.detectors)
         settings.validate()
     assert settings.window_hop == timedelta(minutes=1)
-    rows = [
-        measure(n, args.metrics, args.minutes, args.shards, settings, not args.no_progress)
-        for n in args.sensors
-    ]
+    try:
+        rows = [
+            measure(n, args.metrics, args.minutes, args.shards, settings, not args.no_progress)
+            for n in args.sensors
+        ]
+    except ValueError as exc:
+        p.error(str(exc))
     cols = [
         ("sensors", "{:.0f}"), ("readings", "{:.0f}"), ("stage_us_per_reading", "{:.2f}"),
         ("features_bytes_per_sensor", "{:.0f}"), ("scores_bytes_per_sensor", "{:.0f}"),
