@@ -39,6 +39,7 @@ import argparse
 import bisect
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
@@ -496,8 +497,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def quiet_flow_logs() -> None:
-    """Keep flows.detect's import-time INFO lines (about the embedded demo) off stderr."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    """Only warnings on stderr: not the flow's INFO lines (its import-time demo set-up, one
+    line per alert), which would bury this command's own output. flows.detect has already
+    installs its log handler at import (done here first), so only the level changes."""
+    os.environ.setdefault("VIGIL_LOG_LEVEL", "WARNING")  # for that import-time set-up
+    import flows.detect  # noqa: F401  (its import configures logging; it must come first)
+
+    logging.getLogger().setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
