@@ -313,6 +313,19 @@ def preload(
     )
 
 
+def _variants(
+    detectors: list[str | None], shards: list[int | None]
+) -> dict[str | None, tuple[str | None, int | None]]:
+    """Every (detectors, shards) pair to run, by label; one pair of defaults has no label."""
+    out: dict[str | None, tuple[str | None, int | None]] = {}
+    for det in detectors:
+        for n in shards:
+            parts = ([det] if det is not None and len(detectors) > 1 else []) + (
+                [f"shards={n}"] if n is not None and len(shards) > 1 else [])
+            out[" ".join(parts) or None] = (det, n)
+    return out
+
+
 # --- one flow run ----------------------------------------------------------------------------
 def flow_env(cfg: _Config, topics: dict[str, str], metrics_port: int) -> dict[str, str]:
     """The flow's environment: the parent's minus VIGIL_* (bar credentials), plus this run's."""
@@ -730,8 +743,9 @@ def parser() -> argparse.ArgumentParser:
                    help="flow processes, started with `-i`/`-a` on free local ports (default 1)")
     f.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="VIGIL_CONSUMER_BATCH_SIZE (default: the flow's own, 5000)")
-    f.add_argument("--shards", type=positive_int, metavar="N",
-                   help="VIGIL_STATE_SHARDS (default: the flow's own, 64)")
+    f.add_argument("--shards", type=positive_int, metavar="N", action="append",
+                   help="VIGIL_STATE_SHARDS (default: the flow's own). More than once compares "
+                        "shard counts in one run, like --detectors (with both: every pair)")
     f.add_argument("--detectors", action="append", metavar="NAMES",
                    help="VIGIL_DETECTORS for the flow (default: its own). Give it more than "
                         "once to compare detector sets in one run: runs alternate between "
@@ -821,18 +835,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             bootstrap=broker.bootstrap, kafka=kafka, readings_topic=readings_topic,
             readings=produced.readings, window=args.window, hop=args.hop,
             workers=args.workers, processes=args.processes, batch_size=args.batch_size,
-            shards=args.shards, recovery=args.recovery,
+            shards=None, recovery=args.recovery,
             snapshot_interval=args.snapshot_interval,
             flow_prefix=shlex.split(args.flow_prefix), log_dir=args.log_dir,
             timeout=args.timeout, progress=progress, poll_s=args.poll_interval,
             mid_poll_s=args.mid_poll_interval,
             expected=expected_windows(fleet, produced.readings, args.window, args.hop),
         )
-        variants: list[str | None] = list(args.detectors or [None])
+        variants = _variants(args.detectors or [None], args.shards or [None])
         by_variant: dict[str | None, list[RunResult]] = {v: [] for v in variants}
         for k in range(1, args.repeat + 1):
-            for v in variants:  # alternate, so slow drifts of the machine hit every set alike
-                res = run_flow(dataclasses.replace(cfg, detectors=v), broker, k, broker_pid)
+            for v, (det, shards) in variants.items():  # alternate: drifts hit every set alike
+                res = run_flow(dataclasses.replace(cfg, detectors=det, shards=shards), broker, k,
+                               broker_pid)
                 by_variant[v].append(res)
                 label = f"run {k}" + (f" [{v}]" if v is not None else "")
                 print(f"{label}: {res.readings_per_s:,.0f} readings/s "
@@ -846,21 +861,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"warning: other processes used {res.other_cpu_pct_consume:.0f}% of "
                           f"a core during {label}: the machine was not quiet, figures are low",
                           file=sys.stderr)
-        runs = by_variant[variants[0]]
+        first = next(iter(variants))
+        runs = by_variant[first]
     median = median_of(runs)
     config = {
         "readings": produced.readings, "sensors": args.sensors, "metrics": args.metrics,
         "metric_names": list(fleet.metrics), "seed": args.seed, "interval": args.interval,
         "anomaly_rate": args.anomaly_rate, "partitions": args.partitions,
         "window": args.window, "hop": args.hop, "workers": args.workers,
-        "processes": args.processes, "batch_size": args.batch_size, "shards": args.shards,
+        "processes": args.processes, "batch_size": args.batch_size,
+        "shards": variants[first][1],
         "recovery": args.recovery,
         "snapshot_interval": args.snapshot_interval if args.recovery else None,
         "flow_prefix": args.flow_prefix or None, "repeat": args.repeat,
         "poll_interval": args.poll_interval, "mid_poll_interval": args.mid_poll_interval,
         "broker": "external" if brokers else "tansu", "cpus": os.cpu_count(),
         "expected_scores": cfg.expected[0], "expected_scored_readings": cfg.expected[1],
-        "detectors": variants[0],
+        "detectors": variants[first][0],
     }
     report = {
         "config": config, "produce": asdict(produced), "runs": [asdict(r) for r in runs],
@@ -883,7 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["variants"][v] = {
                 "runs": [asdict(r) for r in rs], "median": med, "ratio_to_first": round(ratio, 3),
             }
-            print(f"detectors={v}: median {med['readings_per_s']:,.0f} readings/s, "
+            print(f"{v}: median {med['readings_per_s']:,.0f} readings/s, "
                   f"{ratio:.2f}x the first set")
             print(table(rs, med) + "\n")
     if args.json is not None:

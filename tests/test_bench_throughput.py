@@ -110,3 +110,14 @@ def test_two_detector_sets_alternate_in_one_run_and_each_reaches_the_flow(
     assert re.search(r"detectors: zscore \(zscore-1\)(?!,)", first.read_text())
     assert "detectors: zscore (zscore-1), seasonal (seasonal-1)" in second.read_text()
     assert "1.00x the first set" in run.stdout
+
+
+def test_variants_are_every_detector_and_shard_pair_labelled_by_what_varies() -> None:
+    from bench.throughput import _variants
+
+    assert _variants([None], [None]) == {None: (None, None)}
+    assert _variants(["hst"], [8]) == {None: ("hst", 8)}
+    assert _variants(["a", "b"], [None]) == {"a": ("a", None), "b": ("b", None)}
+    assert _variants(["a"], [8, 64]) == {"shards=8": ("a", 8), "shards=64": ("a", 64)}
+    assert list(_variants(["a", "b"], [8, 64])) == [
+        "a shards=8", "a shards=64", "b shards=8", "b shards=64"]
