@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="simulated minutes fed (default 70: fills 5m windows and 60 windows "
                         "of z-score history at a 1m hop)")
     p.add_argument("--interval", default="10s", help="simulated reading interval (default 10s)")
-    p.add_argument("--shards", type=int, default=64)
+    p.add_argument("--shards", type=int, default=Settings().state_shards,
+                   help="state shards (default: VIGIL_STATE_SHARDS's default)")
     p.add_argument("--detectors", default=None,
                    help="comma-separated detectors (default: VIGIL_DETECTORS)")
     p.add_argument("--json", help="also write the figures to this JSON file")
