@@ -553,13 +553,13 @@ function spansPlugin(getSpans) {
     hooks: {
       drawClear: [(u) => {
         const { ctx } = u;
-        const { top, height } = u.bbox;
+        const { left, top, width, height } = u.bbox;
         ctx.save();
         ctx.fillStyle = "rgba(200, 30, 30, 0.18)";
         for (const [a, b] of getSpans()) {
-          const x0 = u.valToPos(a, "x", true);
-          const x1 = u.valToPos(b, "x", true);
-          if (x1 < u.bbox.left || x0 > u.bbox.left + u.bbox.width) continue;
+          const x0 = Math.max(left, u.valToPos(a, "x", true));
+          const x1 = Math.min(left + width, u.valToPos(b, "x", true));
+          if (x1 < left || x0 > left + width) continue;
           ctx.fillRect(x0, top, Math.max(2, x1 - x0), height);
         }
         ctx.restore();
