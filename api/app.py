@@ -97,11 +97,14 @@ def _logging_config() -> LoggingConfig:
     """Litestar logs through the root handler flows.logs set up (JSON, secrets masked).
 
     Left to itself Litestar replaces the root logger's handlers with its own text format.
-    Unhandled errors (500s) are logged with their traceback; 4xx answers are not.
+    Unhandled errors (500s) are logged with their traceback; 4xx answers are not (Litestar
+    would log each as an "Uncaught exception" ERROR: a page waiting for its token, or a
+    client probing ids, would flood the log). Refused tokens get their own warning in _auth.
     """
     return LoggingConfig(
         configure_root_logger=False,
         log_exceptions="always",
+        disable_stack_trace={400, 401, 403, 404, 405, 409, 413, 422},
         handlers={},
         formatters={},
         loggers={"litestar": {"handlers": [], "propagate": True}},
