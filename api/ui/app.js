@@ -580,7 +580,10 @@ function drawChart(points, spans = []) {
   }
   const xs = points.map((p) => Date.parse(p.window_end) / 1000);
   const data = [xs, points.map((p) => p.score), points.map((p) => p.threshold)];
-  chartSpans = spans.map((a) => [Date.parse(a.start) / 1000, Date.parse(a.end) / 1000]);
+  // The flow reports an alert's end when it opens and when it resolves, so an incident still
+  // running reaches the newest score.
+  chartSpans = spans.map((a) => [Date.parse(a.start) / 1000,
+    a.flow_status === "open" ? Infinity : Date.parse(a.end) / 1000]);
   const width = Math.max(200, box.clientWidth);
   const height = window.innerWidth < 600 ? 200 : 260;
   if (chart && chart.series.length === 3) {
