@@ -107,12 +107,17 @@ const banners = {
   },
 };
 
+let promptedFor = null; // the token value the dialog last opened by itself for
 function authProblem(err) {
   const why = store.token
     ? `The API refused the token (${err.message}). Enter the right one.`
     : "This API needs a token to show anything. Enter VIGIL_API_TOKEN.";
   banners.set("auth", why, "error", { label: "Enter token", run: () => askToken(why) });
-  if (!$("token-dialog").open) askToken(why);
+  // open the dialog once per token tried; after a Cancel the banner's button reopens it
+  if (promptedFor !== store.token && !$("token-dialog").open) {
+    promptedFor = store.token;
+    askToken(why);
+  }
 }
 
 function unreachable(err) {
@@ -194,7 +199,7 @@ function upsert(view, live) {
   else alerts.set(view.alert_id, { ...view, live: live || old?.live });
   if (view.sensor_id === selected) scheduleSensorRefresh();
   if (!selected && live && view.status !== "resolved") selectSensor(view.sensor_id);
-  if (!knownSensors.has(view.sensor_id)) refreshSensors();
+  if (!knownSensors.has(view.sensor_id)) addSensors([view.sensor_id]);
   queueRender();
 }
 
@@ -483,15 +488,7 @@ async function refreshSensors() {
   sensorsLoading = (async () => {
     try {
       const page = await api("v1/sensors?limit=500");
-      const select = $("sensor-select");
-      for (const s of page.items) {
-        if (knownSensors.has(s.sensor_id)) continue;
-        knownSensors.add(s.sensor_id);
-        select.append(new Option(s.sensor_id, s.sensor_id));
-      }
-      const options = [...select.options].slice(1).sort((a, b) => a.value.localeCompare(b.value));
-      select.append(...options);
-      select.value = selected;
+      addSensors(page.items.map((s) => s.sensor_id));
     } catch (err) {
       report(err, "sensors");
     } finally {
@@ -499,6 +496,19 @@ async function refreshSensors() {
     }
   })();
   return sensorsLoading;
+}
+
+function addSensors(ids) {
+  const fresh = ids.filter((id) => !knownSensors.has(id));
+  if (!fresh.length) return;
+  const select = $("sensor-select");
+  for (const id of fresh) {
+    knownSensors.add(id);
+    select.append(new Option(id, id));
+  }
+  const options = [...select.options].slice(1).sort((a, b) => a.value.localeCompare(b.value));
+  select.append(...options);
+  select.value = selected;
 }
 
 $("sensor-select").addEventListener("change", (e) => selectSensor(e.target.value));
