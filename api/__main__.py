@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"vigil api: {exc}", file=sys.stderr)
         return 2
+    if settings.api_auth_reads and not settings.api_token:
+        print("vigil api: VIGIL_API_AUTH_READS needs VIGIL_API_TOKEN (the token reads must "
+              "carry); without one nothing could be read", file=sys.stderr)
+        return 2
     logs.configure(settings)
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
@@ -47,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"vigil api: cannot open database {settings.api_db!r}: {exc}", file=sys.stderr)
         return 2
-    log.info("database %s; %s; serving on http://%s:%d with %d worker(s)", settings.api_db,
-             "writes need the bearer token" if settings.api_token
+    log.info("database %s; %s; serving on http://%s:%d (web page /ui/) with %d worker(s)",
+             settings.api_db,
+             ("reads and writes need the bearer token" if settings.api_auth_reads
+              else "writes need the bearer token") if settings.api_token
              else "no VIGIL_API_TOKEN: writes are disabled", host, port, workers)
     uvicorn.run(
         "api.app:app_from_env", factory=True, host=host, port=port, workers=workers,

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from api.schemas import AlertView, ScorePoint, SensorStatus
+from api.schemas import AlertView, Heartbeat, ScorePoint, SensorStatus
 from flows.schemas import Alert, Contributor, ScoreRecord
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -87,6 +87,11 @@ CREATE TABLE heartbeats (
     source TEXT PRIMARY KEY,
     at_ms INTEGER NOT NULL
 );
+"""),
+    (2, """
+ALTER TABLE heartbeats ADD COLUMN readings_per_s REAL;
+ALTER TABLE heartbeats ADD COLUMN dead_letters_per_s REAL;
+ALTER TABLE heartbeats ADD COLUMN lag_messages INTEGER;
 """),
 ]
 
@@ -542,20 +547,26 @@ class Store:
         return [self._sensor(r) for r in rows], (rows[-1]["sensor_id"] if more else None)
 
     # -- heartbeats --------------------------------------------------------------------------
-    def heartbeat(self, source: str) -> None:
-        """Record a sign of life from a flow worker."""
+    def heartbeat(self, beat: Heartbeat) -> None:
+        """Record a sign of life from a flow worker, with the throughput it reported."""
         with self._write() as db:
             db.execute(
-                "INSERT OR REPLACE INTO heartbeats VALUES (?, ?)", (source, now_ms())
+                "INSERT OR REPLACE INTO heartbeats (source, at_ms, readings_per_s, "
+                "dead_letters_per_s, lag_messages) VALUES (?, ?, ?, ?, ?)",
+                (beat.source, now_ms(), beat.readings_per_s, beat.dead_letters_per_s,
+                 beat.lag_messages),
             )
 
-    def last_heartbeat(self) -> tuple[str, int] | None:
-        """(source, at_ms) of the newest heartbeat, or None."""
+    def last_heartbeat(self) -> tuple[Heartbeat, int] | None:
+        """The newest heartbeat and when it arrived (epoch ms), or None."""
         with self._lock:
             r = self._db.execute(
-                "SELECT source, at_ms FROM heartbeats ORDER BY at_ms DESC LIMIT 1"
+                "SELECT source, at_ms, readings_per_s, dead_letters_per_s, lag_messages "
+                "FROM heartbeats ORDER BY at_ms DESC LIMIT 1"
             ).fetchone()
-        return None if r is None else (r[0], r[1])
+        if r is None:
+            return None
+        return Heartbeat(r[0], r[2], r[3], r[4]), r[1]
 
 
 class _Tx:

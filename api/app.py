@@ -17,7 +17,7 @@ from api._context import Context
 from api._metrics import ApiMetrics, SensorScoreCollector, metrics_middleware
 from api._store import Store
 from api._stream import Broadcaster
-from api.routes import alerts, health, models, sensors
+from api.routes import alerts, health, models, sensors, ui
 from api.schemas import AlertPatch, Heartbeat
 from detectors.defaults import DEFAULT_REGISTRY
 from flows.schemas import Alert, ScoreRecord
@@ -27,7 +27,7 @@ ROUTES = [
     alerts.ingest_alerts, alerts.list_alerts, alerts.stream_alerts, alerts.get_alert,
     alerts.update_alert, sensors.ingest_scores, sensors.list_sensors, sensors.get_sensor,
     sensors.sensor_scores, models.list_models, models.activate_model, health.health,
-    health.ready, health.metrics, health.heartbeat,
+    health.ready, health.metrics, health.heartbeat, ui.to_ui,
 ]
 
 
@@ -97,11 +97,14 @@ def _logging_config() -> LoggingConfig:
     """Litestar logs through the root handler flows.logs set up (JSON, secrets masked).
 
     Left to itself Litestar replaces the root logger's handlers with its own text format.
-    Unhandled errors (500s) are logged with their traceback; 4xx answers are not.
+    Unhandled errors (500s) are logged with their traceback; 4xx answers are not (Litestar
+    would log each as an "Uncaught exception" ERROR: a page waiting for its token, or a
+    client probing ids, would flood the log). Refused tokens get their own warning in _auth.
     """
     return LoggingConfig(
         configure_root_logger=False,
         log_exceptions="always",
+        disable_stack_trace={400, 401, 403, 404, 405, 409, 413, 422},
         handlers={},
         formatters={},
         loggers={"litestar": {"handlers": [], "propagate": True}},
@@ -120,7 +123,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Litestar:
         registry_writable=root.resolve() != DEFAULT_REGISTRY.resolve(),
     )
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, ui.static_router()],
         middleware=[metrics_middleware],
         exception_handlers={ValidationException: _validation_error, 400: _bad_request},
         request_max_body_size=settings.api_max_body_bytes,
@@ -129,7 +132,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Vigil API", version="1.0.0",
             description="Alerts, sensors, scores and models of the Vigil anomaly detector. "
-            "Write endpoints need `Authorization: Bearer <VIGIL_API_TOKEN>`.",
+            "Write endpoints need `Authorization: Bearer <VIGIL_API_TOKEN>`; with "
+            "VIGIL_API_AUTH_READS the /v1 reads too. The live web page is at /ui/.",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin(), RedocRenderPlugin(path="/redoc")],
         ),

@@ -72,9 +72,17 @@ class ScoreIngestResult(msgspec.Struct):
 
 
 class Heartbeat(msgspec.Struct, forbid_unknown_fields=True):
-    """A sign of life from a flow worker; ``/ready`` reports the newest one's age."""
+    """A sign of life from a flow worker; ``/ready`` reports the newest one's age.
+
+    The optional throughput fields are what the sending flow process measured since its
+    previous heartbeat, so the API (and the web page's status strip) can show them without
+    scraping the flow's Prometheus port.
+    """
 
     source: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    readings_per_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    dead_letters_per_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    lag_messages: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class SensorStatus(msgspec.Struct, kw_only=True):
@@ -146,12 +154,15 @@ class ModelList(msgspec.Struct):
 
 
 class FlowHealth(msgspec.Struct):
-    """The newest flow heartbeat."""
+    """The newest flow heartbeat and the throughput it reported (None: not reported)."""
 
     last_heartbeat: datetime | None
     age_seconds: float | None
     source: str | None
     stale: bool
+    readings_per_s: float | None = None
+    dead_letters_per_s: float | None = None
+    lag_messages: int | None = None
 
 
 class Ready(msgspec.Struct):

@@ -4,7 +4,8 @@ Starts, in order, and waits for each to be ready before the next:
 
 1. a Kafka-protocol broker (tansu, in memory, from the ``dev`` extra) with Vigil's topics,
    dead-letter topic included (or ``--brokers`` to use one that already runs, e.g. Redpanda);
-2. the alerts API (``python -m api``) on a fresh SQLite file, with a generated write token;
+2. the alerts API (``python -m api``, with the web page at ``/ui/``) on a fresh SQLite file,
+   with a generated token;
 3. the detection flow (``python -m bytewax.run flows.detect``) with a recovery store, its
    Prometheus metrics port, and pushing alerts to the API;
 4. the simulator (``python -m flows.simulator --produce``) feeding the readings topic.
@@ -327,7 +328,8 @@ def up(args: argparse.Namespace, stop: threading.Event, say: Callable[[str], Non
         stack.info = {
             "brokers": bootstrap, "broker": kind,
             "topics": created,
-            "api_url": api_url, "api_token": token,
+            "api_url": api_url, "api_token": token, "ui_url": f"{api_url}/ui/",
+            "reads_need_token": base.api_auth_reads,
             "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics",
             "state_dir": str(state), "recovery": str(recovery),
             "logs": {c.name: str(c.log) for c in stack.children},
@@ -382,7 +384,9 @@ def summary(info: dict[str, Any]) -> str:
         f"  topics:       {topics}",
         f"  API:          {info['api_url']}   (docs {info['api_url']}/schema, "
         f"metrics {info['api_url']}/metrics)",
-        f"  API token:    {info['api_token']}",
+        f"  web page:     {info['ui_url']}   (live alerts, sensor scores, flow status)",
+        f"  API token:    {info['api_token']}" + (
+            "   (reads need it too: VIGIL_API_AUTH_READS)" if info["reads_need_token"] else ""),
         f"  flow metrics: {info['metrics_url']}",
         "  simulator:    " + (
             f"{sim['sensors']} sensors, {sim['rate']:g} readings/s, one per sensor every "
@@ -391,7 +395,9 @@ def summary(info: dict[str, Any]) -> str:
         f"  state, logs:  {info['state_dir']}  (logs/api.log, logs/flow.log, ...)",
         "",
         "Try:",
-        f"  curl -s '{info['api_url']}/v1/alerts?limit=5'",
+        f"  curl -s '{info['api_url']}/v1/alerts?limit=5'" + (
+            f" -H 'Authorization: Bearer {info['api_token']}'" if info["reads_need_token"]
+            else ""),
         f"  curl -s {info['metrics_url']} | grep ^vigil_readings_total",
         f"  export VIGIL_BROKERS={info['brokers']} VIGIL_API_URL={info['api_url']} "
         f"VIGIL_API_TOKEN={info['api_token']}",

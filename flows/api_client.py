@@ -14,7 +14,10 @@ against a real API without Bytewax; flows.detect wraps it in a thin sink.
   only the highest-scoring window of each sensor is kept, so the API sees every anomaly peak
   without one request per window. Scores are best-effort: new sensors beyond the buffer, and
   windows replaced by a higher one, are counted as dropped.
-* A **heartbeat** goes out regularly so ``GET /ready`` can tell the flow is alive.
+* A **heartbeat** goes out regularly so ``GET /ready`` can tell the flow is alive. Given a
+  ``stats`` callable (flows.metrics.totals in the flow), it also carries the readings and
+  dead letters per second since the previous heartbeat and the consumer lag, which the web
+  page's status strip shows. An API too old to accept those fields gets bare heartbeats.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import httpx
 import msgspec
 from prometheus_client import Counter, Gauge
 
+from flows.metrics import FlowTotals
 from flows.schemas import Alert, ScoreRecord
 
 log = logging.getLogger("vigil.api_push")
@@ -79,6 +83,7 @@ class ApiPusher:
         source: str = "flow",
         timeout: float = 5.0,
         max_backoff: float = 5.0,
+        stats: Callable[[], FlowTotals] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._client = httpx.Client(
@@ -92,6 +97,8 @@ class ApiPusher:
         self.heartbeat_interval = heartbeat_interval
         self.source = source
         self.max_backoff = max_backoff
+        self._stats = stats
+        self._last_totals: tuple[float, FlowTotals] | None = None  # (monotonic time, totals)
         self._alerts: deque[Alert] = deque()
         self._inflight: list[Alert] = []
         self._first_wait = 0.0  # monotonic time the oldest queued alert arrived
@@ -211,8 +218,7 @@ class ApiPusher:
             if ok and scores:
                 ok = self._push_scores(scores)
             if ok and due_beat:
-                ok = self._post("heartbeat", "/v1/heartbeat",
-                                msgspec.json.encode({"source": self.source}))
+                ok = self._heartbeat()
                 if ok:
                     self._next_heartbeat = time.monotonic() + self.heartbeat_interval
             if ok:
@@ -261,6 +267,40 @@ class ApiPusher:
                 continue
             PUSHED.labels("scores").inc(len(chunk))
         return True
+
+    def heartbeat_body(self) -> dict[str, object]:
+        """The next heartbeat: the source, plus rates since the previous call when ``stats``
+        was given (the first call only primes them) and the current lag."""
+        body: dict[str, object] = {"source": self.source}
+        if self._stats is None:
+            return body
+        now, totals = time.monotonic(), self._stats()
+        if self._last_totals is not None:
+            then, before = self._last_totals
+            dt = now - then
+            if dt > 0:
+                body["readings_per_s"] = round(max(0.0, totals.readings - before.readings) / dt, 3)
+                body["dead_letters_per_s"] = round(
+                    max(0.0, totals.dead_letters - before.dead_letters) / dt, 3)
+        if totals.lag_messages is not None:
+            body["lag_messages"] = totals.lag_messages
+        self._last_totals = (now, totals)
+        return body
+
+    def _heartbeat(self) -> bool:
+        body = self.heartbeat_body()
+        try:
+            return self._post("heartbeat", "/v1/heartbeat", msgspec.json.encode(body))
+        except _Rejected as exc:
+            # An API from before the throughput fields: fall back to bare heartbeats rather
+            # than stopping this thread (which also pushes the alerts).
+            if self._stats is not None:
+                log.warning("API rejected the heartbeat's throughput fields (%s); sending "
+                            "bare heartbeats from now on", exc)
+                self._stats = None
+            else:
+                log.error("API rejected a heartbeat: %s", exc)
+            return True
 
     def _post(self, kind: str, path: str, payload: bytes) -> bool:
         """True when the API accepted; False to retry later; _Rejected on 422."""

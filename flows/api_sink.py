@@ -13,6 +13,7 @@ import socket
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from flows import metrics
 from flows.api_client import ApiPusher, decode_pending, encode_pending
 from flows.schemas import Alert, ScoreRecord
 from flows.settings import Settings
@@ -23,7 +24,8 @@ CLOSE_DRAIN_SECONDS = 60.0
 
 def pusher_for(settings: Settings, heartbeat: bool) -> ApiPusher:
     """An ApiPusher configured from settings."""
-    beat = min(15.0, max(1.0, settings.api_heartbeat_stale.total_seconds() / 4))
+    # often enough for the web page's status strip, and for /ready to notice a stale flow
+    beat = min(5.0, max(1.0, settings.api_heartbeat_stale.total_seconds() / 4))
     return ApiPusher(
         settings.api_url, settings.api_token,
         buffer=settings.api_sink_buffer, batch=settings.api_sink_batch,
@@ -31,6 +33,7 @@ def pusher_for(settings: Settings, heartbeat: bool) -> ApiPusher:
         score_interval=settings.api_score_interval.total_seconds(),
         heartbeat_interval=beat if heartbeat else 0.0,
         source=f"flow@{socket.gethostname()}:{os.getpid()}",
+        stats=metrics.totals if heartbeat else None,
     )
 
 

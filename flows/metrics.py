@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -128,6 +129,33 @@ def model_switched(new: str, old: str | None) -> None:
             _model_shards[old] = left
     _model_shards[new] = _model_shards.get(new, 0) + 1
     MODEL.labels(new).set(1)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTotals:
+    """This process's counts so far, for the heartbeat the flow sends to the API."""
+
+    readings: float
+    dead_letters: float
+    lag_messages: int | None  # summed over partitions; None before any partition reported
+
+
+def _sum(metric: Any, name: str) -> tuple[float, int]:
+    """Sum and number of the samples called ``name`` of a (labelled) metric."""
+    values = [s.value for m in metric.collect() for s in m.samples if s.name == name]
+    return sum(values, 0.0), len(values)
+
+
+def totals() -> FlowTotals:
+    """Readings read, dead letters written and consumer lag of this process, right now.
+
+    Read from the same Prometheus objects /metrics serves, so the API's status and the
+    dashboards can never disagree about what was counted.
+    """
+    readings, _ = _sum(READINGS, "vigil_readings_total")
+    dead, _ = _sum(DEAD, "vigil_dead_letters_total")
+    lag, partitions = _sum(CONSUMER_LAG, "vigil_consumer_lag_messages")
+    return FlowTotals(readings, dead, round(lag) if partitions else None)
 
 
 def latency_since(produced_ms: int, now: float) -> float:

@@ -262,6 +262,12 @@ class Settings:
         "the flow sends it when pushing. Empty on the API: writes are refused. Secret.",
         default="",
     )
+    api_auth_reads: bool = _doc(
+        "Make the API's reads (every GET under /v1/, the live stream included) need the "
+        "same bearer token as writes. /health, /ready, /metrics and the web page's static "
+        "files stay open for probes, scrapers and the sign-in form.",
+        default=False,
+    )
     api_db: str = _doc(
         "SQLite database file of the API (created, WAL mode, migrated at start).",
         default="vigil-api.sqlite3",

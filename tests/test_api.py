@@ -89,6 +89,43 @@ def test_an_api_without_a_configured_token_refuses_all_writes(tmp_path):
         assert c.get("/v1/alerts").status_code == 200
 
 
+READS = ["/v1/alerts", "/v1/alerts/a00001", "/v1/alerts/stream", "/v1/sensors",
+         "/v1/sensors/pump-1", "/v1/sensors/pump-1/scores", "/v1/models"]
+
+
+@pytest.mark.parametrize("path", READS)
+def test_with_auth_reads_every_v1_read_needs_the_token_and_probes_stay_open(tmp_path, path):
+    with TestClient(create_app(_settings(tmp_path, api_auth_reads=True))) as c:
+        _post(c, [alert(1)])
+        _post(c, [score("pump-1", 1)], path="/v1/scores")
+        for headers, why in (({}, "missing bearer token"),
+                             ({"Authorization": "Bearer nope"}, "invalid bearer token")):
+            r = c.get(path, headers=headers)
+            assert r.status_code == 401 and why in r.json()["detail"], (path, headers)
+            assert r.headers["www-authenticate"] == 'Bearer realm="vigil"'
+        if path.endswith("/stream"):
+            return  # an open stream never ends; its guard is the one checked above
+        assert c.get(path, headers=AUTH).status_code == 200
+        for open_path in ("/health", "/ready", "/metrics", "/ui/", "/ui/app.js"):
+            assert c.get(open_path).status_code == 200, open_path
+
+
+@pytest.mark.parametrize("path", [p for p in READS if not p.endswith("/stream")])
+def test_without_auth_reads_reads_are_open(client, path):
+    _post(client, [alert(1)])
+    _post(client, [score("pump-1", 1)], path="/v1/scores")
+    assert client.get(path).status_code == 200
+
+
+def test_python_m_api_refuses_auth_reads_without_a_token(monkeypatch, capsys):
+    from api.__main__ import main
+
+    monkeypatch.setenv("VIGIL_API_AUTH_READS", "true")
+    monkeypatch.delenv("VIGIL_API_TOKEN", raising=False)
+    assert main([]) == 2
+    assert "VIGIL_API_AUTH_READS needs VIGIL_API_TOKEN" in capsys.readouterr().err
+
+
 def test_a_body_above_the_size_limit_gets_413(tmp_path):
     with TestClient(create_app(_settings(tmp_path, api_max_body_bytes=4096))) as c:
         big = [alert(i) for i in range(40)]
@@ -297,6 +334,42 @@ def test_health_ready_with_heartbeat_age_and_metrics_by_route(client):
     assert "vigil_api_request_seconds_bucket" in text and "vigil_api_stream_subscribers 0.0" in text
 
 
+def test_ready_reports_the_throughput_the_newest_heartbeat_carried(client):
+    beat = {"source": "flow-1", "readings_per_s": 812.5, "dead_letters_per_s": 0.25,
+            "lag_messages": 12}
+    assert client.post("/v1/heartbeat", json=beat, headers=AUTH).status_code == 204
+    flow = client.get("/ready").json()["flow"]
+    assert {k: flow[k] for k in beat} == beat and not flow["stale"]
+    assert client.post("/v1/heartbeat", json={"source": "flow-1"}, headers=AUTH).status_code == 204
+    flow = client.get("/ready").json()["flow"]
+    assert (flow["readings_per_s"], flow["dead_letters_per_s"], flow["lag_messages"]) == (
+        None, None, None)  # a bare heartbeat says nothing about throughput: not a stale figure
+    r = client.post("/v1/heartbeat", json={**beat, "lag_messages": -1}, headers=AUTH)
+    assert r.status_code == 422 and "lag_messages" in r.json()["detail"]
+    r = client.post("/v1/heartbeat", json={**beat, "cpu": 1}, headers=AUTH)
+    assert r.status_code == 422 and "cpu" in r.json()["detail"]
+
+
+def test_the_web_page_is_served_at_ui_with_a_strict_content_security_policy(client):
+    for path in ("/", "/ui"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code in (301, 302, 307, 308) and r.headers["location"] == "/ui/", path
+    page = client.get("/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "connect-src 'self'" in csp and "unsafe" not in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    for asset in ("app.js", "style.css", "vendor/uPlot.iife.min.js", "vendor/uPlot.min.css",
+                  "favicon.svg"):
+        assert f'"{asset}"' in page.text, asset
+        r = client.get(f"/ui/{asset}")
+        assert r.status_code == 200 and r.content, asset
+    assert "text/javascript" in client.get("/ui/app.js").headers["content-type"]
+    assert "MIT" in client.get("/ui/vendor/uPlot.LICENSE").text
+    assert client.get("/ui/../api/app.py").status_code == 404
+    assert "/ui/" not in client.get("/schema/openapi.json").json()["paths"]
+
+
 def test_ready_is_503_when_the_database_does_not_answer(tmp_path):
     store = Store(tmp_path / "api.sqlite3")
     with TestClient(create_app(_settings(tmp_path), store=store)) as c:
@@ -318,13 +391,30 @@ def test_openapi_schema_documents_every_route_with_examples(client):
 def test_migrations_run_once_and_the_database_is_in_wal_mode(tmp_path):
     path = tmp_path / "db.sqlite3"
     s1 = Store(path)
-    assert s1.schema_version() == 1
+    assert s1.schema_version() == 2
     s1.close()
     s2 = Store(path)
     assert s2.migrate() == []
     s2.close()
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert T0.tzinfo is not None
+
+
+def test_a_version_1_database_keeps_its_heartbeats_when_migrated(tmp_path, monkeypatch):
+    from api import _store
+
+    path = tmp_path / "db.sqlite3"
+    monkeypatch.setattr(_store, "MIGRATIONS", _store.MIGRATIONS[:1])
+    old = Store(path)
+    old._db.execute("INSERT INTO heartbeats VALUES ('flow-old', 1700000000000)")
+    old.close()
+    monkeypatch.undo()
+    new = Store(path)
+    assert new.schema_version() == 2
+    beat, at_ms = new.last_heartbeat()
+    assert (beat.source, at_ms, beat.readings_per_s, beat.lag_messages) == (
+        "flow-old", 1700000000000, None, None)
+    new.close()
 
 
 def test_python_m_api_explains_itself_and_refuses_bad_settings(monkeypatch, capsys):

@@ -7,11 +7,16 @@ import threading
 import time
 
 import httpx
+import msgspec
 import pytest
 from apikit import TOKEN, alert, free_port, score, serve_in_thread
 from integration import wait_for
+from litestar import Litestar, post
+from litestar.exceptions import ValidationException
+from litestar.params import JSONBody
 
 from api import create_app
+from api.app import _validation_error
 from flows import api_client
 from flows.api_client import ApiPusher, decode_pending, encode_pending
 from flows.settings import Settings
@@ -43,6 +48,83 @@ def test_alerts_scores_and_heartbeats_reach_the_api(make_app):
         history = httpx.get(f"{url}/v1/sensors/s1/scores").json()["items"]
         assert [p["score"] for p in history] == [3.0]  # the peak of the interval is kept
         assert httpx.get(f"{url}/ready").json()["flow"]["source"] == "flow-test"
+
+
+def test_heartbeats_carry_the_readings_and_dead_letter_rates_and_lag_the_flow_counted(make_app):
+    from flows import metrics
+
+    with serve_in_thread(make_app()) as url:
+        pusher = ApiPusher(url, TOKEN, heartbeat_interval=0.3, source="flow-rates",
+                           stats=metrics.totals)
+        lag = metrics.CONSUMER_LAG.labels("ui-test-readings", "0")
+        lag.set(42)
+        stop = threading.Event()
+
+        def count() -> None:  # what the flow's operators do, ~2000 readings/s
+            while not stop.wait(0.01):
+                metrics.READINGS.inc(20)
+                metrics.DEAD.labels("ui-test").inc(1)
+
+        counter = threading.Thread(target=count, daemon=True)
+        counter.start()
+        try:
+            def reported() -> dict | None:
+                flow = httpx.get(f"{url}/ready").json()["flow"]
+                return flow if flow["readings_per_s"] else None
+
+            assert wait_for(reported, 5)
+            flow = reported()
+            assert flow["source"] == "flow-rates" and flow["lag_messages"] >= 42
+            assert 200 < flow["readings_per_s"] < 4000
+            assert 0.03 < flow["dead_letters_per_s"] / flow["readings_per_s"] < 0.07
+        finally:
+            stop.set()
+            counter.join()
+            metrics.CONSUMER_LAG.remove("ui-test-readings", "0")
+            pusher.close(5)
+
+
+def test_the_first_heartbeat_only_primes_the_rates(make_app):
+    from flows import metrics
+
+    pusher = ApiPusher("http://127.0.0.1:9", TOKEN, heartbeat_interval=0, stats=metrics.totals)
+    try:
+        first = pusher.heartbeat_body()
+        assert "readings_per_s" not in first and first["source"] == "flow"
+        metrics.READINGS.inc(10)
+        second = pusher.heartbeat_body()
+        assert second["readings_per_s"] > 0 and second["dead_letters_per_s"] == 0
+    finally:
+        pusher.close(1)
+
+
+class _OldHeartbeat(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /v1/heartbeat's body before the throughput fields existed."""
+
+    source: str
+
+
+_old_beats: list[str] = []
+
+
+@post("/v1/heartbeat", status_code=204)
+async def _old_heartbeat(data: JSONBody[_OldHeartbeat]) -> None:
+    _old_beats.append(data.source)
+
+
+def test_an_api_that_refuses_the_throughput_fields_still_gets_heartbeats():
+    """An API from before the throughput fields: the pusher falls back to bare heartbeats
+    instead of letting the 422 stop its thread (which also pushes the alerts)."""
+    from flows import metrics
+
+    _old_beats.clear()
+    old_api = Litestar([_old_heartbeat], exception_handlers={
+        ValidationException: _validation_error})  # 422, as every Vigil API answers
+    with serve_in_thread(old_api) as url:
+        pusher = ApiPusher(url, TOKEN, heartbeat_interval=0.1, stats=metrics.totals)
+        assert wait_for(lambda: len(_old_beats) >= 2, 5)
+        assert pusher._thread.is_alive() and pusher._stats is None
+        pusher.close(2)
 
 
 def test_alerts_queued_while_the_api_is_down_arrive_once_it_is_back(make_app):
@@ -127,6 +209,7 @@ def test_the_flow_pushes_every_alert_and_scores_to_the_api_via_named_steps(make_
         stored = httpx.get(f"{url}/v1/alerts", params={"limit": 500}).json()["items"]
         assert {a["alert_id"] for a in stored} == {a.alert_id for a in alerts}
         assert any(a.status == "resolved" for a in alerts)
+        assert httpx.get(f"{url}/ready").json()["flow"]["source"].startswith("flow@")
         by_id = {a["alert_id"]: a for a in stored}
         for a in alerts:
             if a.status == "resolved":

@@ -149,4 +149,6 @@ def test_the_api_logs_json_lines_and_never_the_token(tmp_path):
     assert any(r["logger"] == "vigil.api" and "serving on" in r["msg"] for r in records)
     refused = [r for r in records if r["msg"] == "write refused: invalid bearer token"]
     assert refused and refused[0]["path"] == "/v1/alerts"
+    # a 401 is the client's mistake: one warning above, no "Uncaught exception" ERROR
+    assert not [r for r in records if r["level"] == "ERROR"], text[-2000:]
     assert any(r["logger"].startswith("uvicorn") for r in records)  # uvicorn's own lines too

@@ -12,7 +12,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, HeaderParameter, Parameter
 from litestar.response import ServerSentEvent
 
-from api._auth import require_token
+from api._auth import require_read_token, require_token
 from api._store import AlertFilter, CursorError, NotFound, decode_cursor, encode_cursor
 from api._stream import alert_events
 from api.routes._common import MAX_PAGE, check_range, ctx, ms_or_none
@@ -76,7 +76,10 @@ async def ingest_alerts(
     return IngestResult(len(data), created, updated, unchanged)
 
 
-@get("/v1/alerts", tags=["alerts"], summary="List alerts, newest incident first")
+@get(
+    "/v1/alerts", guards=[require_read_token], tags=["alerts"],
+    summary="List alerts, newest incident first",
+)
 async def list_alerts(
     request: Request,
     sensor_id: SensorQ = None,
@@ -98,7 +101,10 @@ async def list_alerts(
     return AlertPage(items, encode_cursor(nxt) if nxt else None)
 
 
-@get("/v1/alerts/stream", tags=["alerts"], summary="Live alerts as Server-Sent Events")
+@get(
+    "/v1/alerts/stream", guards=[require_read_token], tags=["alerts"],
+    summary="Live alerts as Server-Sent Events",
+)
 async def stream_alerts(
     request: Request,
     sensor_id: SensorQ = None,
@@ -120,7 +126,10 @@ async def stream_alerts(
     return ServerSentEvent(alert_events(c.store, c.broadcaster, c.metrics, f, start))
 
 
-@get("/v1/alerts/{alert_id:str}", tags=["alerts"], summary="One alert with its lifecycle")
+@get(
+    "/v1/alerts/{alert_id:str}", guards=[require_read_token], tags=["alerts"],
+    summary="One alert with its lifecycle",
+)
 async def get_alert(request: Request, alert_id: FromPath[str]) -> AlertView:
     """The alert, or 404."""
     try:

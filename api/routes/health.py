@@ -20,7 +20,10 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/ready", tags=["health"], summary="Database reachable; flow heartbeat age")
+@get(
+    "/ready", tags=["health"],
+    summary="Database reachable; flow heartbeat age and throughput",
+)
 async def ready(request: Request) -> Response[Ready]:
     """503 when the database does not answer. A missing or stale flow heartbeat is reported
     (`flow.stale`) but does not make the API unready: it still serves what it has."""
@@ -36,8 +39,10 @@ async def ready(request: Request) -> Response[Ready]:
     if beat is None:
         flow = FlowHealth(None, None, None, True)
     else:
-        age = max(0.0, (now_ms() - beat[1]) / 1000)
-        flow = FlowHealth(from_ms(beat[1]), round(age, 3), beat[0], age > stale_s)
+        hb, at_ms = beat
+        age = max(0.0, (now_ms() - at_ms) / 1000)
+        flow = FlowHealth(from_ms(at_ms), round(age, 3), hb.source, age > stale_s,
+                          hb.readings_per_s, hb.dead_letters_per_s, hb.lag_messages)
     ok = database == "ok"
     return Response(
         Ready("ready" if ok else "not_ready", database, flow), status_code=200 if ok else 503
@@ -56,5 +61,6 @@ async def metrics(request: Request) -> Response[bytes]:
     summary="A sign of life from the flow",
 )
 async def heartbeat(request: Request, data: JSONBody[Heartbeat]) -> None:
-    """The flow's API sink calls this regularly; /ready reports the newest one's age."""
-    ctx(request).store.heartbeat(data.source)
+    """The flow's API sink calls this regularly; /ready reports the newest one's age and
+    throughput (the web page's status strip reads it there)."""
+    ctx(request).store.heartbeat(data)

@@ -7,7 +7,7 @@ from litestar.concurrency import sync_to_thread
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath
 
-from api._auth import require_token
+from api._auth import require_read_token, require_token
 from api.routes._common import ctx
 from api.schemas import ModelList, ModelVersion
 from detectors.registry import ModelInfo, ModelRegistry, RegistryError
@@ -36,7 +36,10 @@ def _list(request: Request) -> ModelList:
                      [_view(i, active) for i in reg.versions()])
 
 
-@get("/v1/models", tags=["models"], summary="Model versions, the active one, their metrics")
+@get(
+    "/v1/models", guards=[require_read_token], tags=["models"],
+    summary="Model versions, the active one, their metrics",
+)
 async def list_models(request: Request) -> ModelList:
     """Every valid version in VIGIL_MODEL_REGISTRY (or the bundled model)."""
     return _list(request)

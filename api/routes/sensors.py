@@ -10,7 +10,7 @@ from litestar.exceptions import NotFoundException
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, Parameter
 
-from api._auth import require_token
+from api._auth import require_read_token, require_token
 from api._store import NotFound
 from api.routes._common import MAX_PAGE, check_range, ctx, ms_or_none
 from api.schemas import ScoreIngestResult, ScoreSeries, SensorPage, SensorStatus
@@ -45,7 +45,10 @@ async def ingest_scores(
     return ScoreIngestResult(len(data), stored)
 
 
-@get("/v1/sensors", tags=["sensors"], summary="Every known sensor's latest status")
+@get(
+    "/v1/sensors", guards=[require_read_token], tags=["sensors"],
+    summary="Every known sensor's latest status",
+)
 async def list_sensors(
     request: Request,
     limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description=f"1..{MAX_PAGE}")] = 100,
@@ -56,7 +59,10 @@ async def list_sensors(
     return SensorPage(items, nxt)
 
 
-@get("/v1/sensors/{sensor_id:str}", tags=["sensors"], summary="One sensor's latest status")
+@get(
+    "/v1/sensors/{sensor_id:str}", guards=[require_read_token], tags=["sensors"],
+    summary="One sensor's latest status",
+)
 async def get_sensor(request: Request, sensor_id: FromPath[str]) -> SensorStatus:
     """The sensor, or 404 if no alert or score of it was ever ingested."""
     try:
@@ -65,7 +71,10 @@ async def get_sensor(request: Request, sensor_id: FromPath[str]) -> SensorStatus
         raise NotFoundException(f"no sensor with id {sensor_id!r}") from None
 
 
-@get("/v1/sensors/{sensor_id:str}/scores", tags=["sensors"], summary="A sensor's score history")
+@get(
+    "/v1/sensors/{sensor_id:str}/scores", guards=[require_read_token], tags=["sensors"],
+    summary="A sensor's score history",
+)
 async def sensor_scores(
     request: Request,
     sensor_id: FromPath[str],
