@@ -11,7 +11,8 @@ Contract
   so every reading the window will ever accept is in it when it is computed: out-of-order
   input within the allowed lateness gives the same features as in-order input.
 * A sensor's first windows, which would start before its first reading, are not emitted:
-  they are partial by construction and would teach detectors a false normal.
+  they are partial by construction and would teach detectors a false normal. (An on-time
+  reading that is older than the first one moves the sensor's start back to its pane.)
 * Windows that contain no reading are not emitted (a silent sensor produces nothing). At the
   end of a finite input, ``flush`` closes windows up to the end of the newest pane only.
 * Per metric the features are ``FEATURES``: mean, std (population), min, max, last (value at
@@ -106,6 +107,11 @@ class SensorWindows:
             self.max_ts = ts_ms
         hop = spec.hop_ms
         p = ts_ms // hop
+        if p < self.first_pane:
+            # An on-time reading older than the sensor's first one: the sensor starts here.
+            # Every window holding pane p ends after next_close (p is not late), so none has
+            # been decided yet and the reading will be scored.
+            self.first_pane = p
         pane = self.panes.get(p)
         if pane is None:
             pane = self.panes[p] = {}

@@ -70,6 +70,20 @@ def test_a_new_sensor_emits_no_window_that_starts_before_its_first_reading():
     assert all(w.start_ms >= first_pane_start for w in wins)
 
 
+def test_an_on_time_reading_older_than_the_sensors_first_one_is_still_in_a_window():
+    w = SensorWindows(SPEC)
+    first = T0 // SPEC.hop_ms * SPEC.hop_ms + 500  # early in a pane
+    assert w.add(first, {"x": 1.0})
+    assert w.add(first - 1000, {"x": 2.0})  # previous pane, within the 5 s lateness
+    wins = []
+    for k in range(1, 100):
+        assert w.add(first + k * 1000, {"x": 1.0})
+        wins += w.close_ready()
+    wins += w.flush()
+    assert wins[0].start_ms == (first - 1000) // SPEC.hop_ms * SPEC.hop_ms
+    assert wins[0].features["x.max"] == 2.0  # the older reading is in it
+
+
 def test_out_of_order_readings_within_lateness_give_the_same_features_as_in_order():
     rows = _series(400, step_ms=500)
     shuffled = rows[:]
