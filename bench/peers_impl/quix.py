@@ -19,7 +19,9 @@ WINDOW_MS = 60_000
 
 
 def main(brokers: str, topic: str, out: str, readings: int, stats: str) -> None:
-    app = Application(broker_address=brokers, consumer_group="peer-quix",
+    # a fresh group per run: a reused one would resume from its committed (end) offset
+    app = Application(broker_address=brokers, consumer_group=f"peer-quix-{Path(stats).stem}-"
+                      f"{time.time_ns()}",
                       auto_offset_reset="earliest", use_changelog_topics=False,
                       state_dir=str(Path(stats).parent / "quix-state"),
                       consumer_extra_config={"fetch.wait.max.ms": 10},
