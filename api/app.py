@@ -139,8 +139,20 @@ def create_app(settings: Settings, store: Store | None = None) -> Litestar:
         ),
     )
     ctx.metrics.registry.register(SensorScoreCollector(store, settings.api_metrics_sensors))
+    _strict_bodies(app)
     app.state.ctx = ctx
     return app
+
+
+def _strict_bodies(app: Litestar) -> None:
+    """Bodies decoded with ``forbid_unknown_fields`` say so in the schema
+    (``additionalProperties: false``): Litestar leaves it out, so clients would believe extra
+    fields are fine until the API answers 422."""
+    schemas = app.openapi_schema.components.schemas or {}
+    for struct in (AlertPatch, Heartbeat):
+        schema = schemas.get(struct.__name__)
+        if schema is not None and struct.__struct_config__.forbid_unknown_fields:
+            schema.additional_properties = False
 
 
 def app_from_env() -> Litestar:
