@@ -307,6 +307,32 @@ def wait_complete(bootstrap: str, topics: dict[str, str], expected: int, timeout
         time.sleep(2)
 
 
+def kill_in_snapshot(proc: subprocess.Popen, recovery: Path, timeout: float = 10) -> bool:
+    """SIGKILL ``proc`` the moment its recovery store changes on disk, i.e. while Bytewax is
+    writing a snapshot (or within a few ms of its commit). False if none began in time
+    (then it is killed anyway)."""
+
+    def stamp() -> tuple:
+        out = []
+        for f in sorted(recovery.glob("part-*")):
+            with contextlib.suppress(OSError):
+                st = f.stat()
+                out.append((f.name, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    before = stamp()
+    deadline = time.monotonic() + timeout
+    hit = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if stamp() != before:
+            hit = True
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    return hit
+
+
 def flow_metric(port: int, name: str) -> float | None:
     """One unlabelled sample of the flow's /metrics (None when unreachable or absent)."""
     try:

@@ -35,6 +35,7 @@ from reliability import (
     SteadyProducer,
     fleet,
     flow_metric,
+    kill_in_snapshot,
     real_readings,
     start_api,
     stop,
@@ -106,23 +107,29 @@ def test_repeated_sigkills_lose_nothing_and_recovered_state_scores_the_same(
     flow = start_flow(env, log, recovery=recovery, snapshot_s=1)
     t0 = time.monotonic()
     try:
-        # kill at random moments while readings stream in: during start-up, mid-batch and
-        # (with a snapshot every second) some during a snapshot
+        # kill at random moments while readings stream in (during start-up, mid-batch), and
+        # every other time the instant the recovery store changes: during a snapshot
         span = len(RECORDS) / RATE
-        for _ in range(kills):
+        in_snapshot = 0
+        for n in range(kills):
             time.sleep(rng.uniform(0.3, 2 * span / kills))
-            kill(flow)
+            if n % 2:
+                in_snapshot += kill_in_snapshot(flow, recovery)
+            else:
+                kill(flow)
             flow = start_flow(env, log, recovery=recovery, snapshot_s=1)
         producer.finish(300)
         got = wait_complete(broker.bootstrap, topics, EXPECTED, 300, api_url, TOKEN)
     finally:
         stop(flow)
         stop(api)
-    _report("crash", kills=kills, records_in=len(RECORDS), readings_scored=got.scored_readings,
+    _report("crash", kills=kills, in_snapshot=in_snapshot, records_in=len(RECORDS),
+            readings_scored=got.scored_readings,
             score_records=got.score_records, alert_events=sum(got.alert_events.values()),
             distinct_alert_events=len(got.alert_events), api_alerts=len(got.api_ids),
             seconds=round(time.monotonic() - t0))
     assert log.read_text().count("mode=kafka") == kills + 1
+    assert in_snapshot >= 1, "no kill landed in a snapshot"
     _assert_same_as_reference(got, reference)
 
 
