@@ -145,14 +145,30 @@ def create_app(settings: Settings, store: Store | None = None) -> Litestar:
 
 
 def _strict_bodies(app: Litestar) -> None:
-    """Bodies decoded with ``forbid_unknown_fields`` say so in the schema
-    (``additionalProperties: false``): Litestar leaves it out, so clients would believe extra
-    fields are fine until the API answers 422."""
+    """Say in the schema what the body decoders enforce, where Litestar leaves it out:
+    ``additionalProperties: false`` for ``forbid_unknown_fields`` structs, and the bounds of
+    optional numbers (``Annotated[float, Meta(ge=0)] | None`` loses its ``minimum``). Without
+    this, clients (and schemathesis) believe such bodies valid until the API answers 422."""
     schemas = app.openapi_schema.components.schemas or {}
     for struct in (AlertPatch, Heartbeat):
         schema = schemas.get(struct.__name__)
-        if schema is not None and struct.__struct_config__.forbid_unknown_fields:
+        if schema is None:
+            continue
+        if struct.__struct_config__.forbid_unknown_fields:
             schema.additional_properties = False
+        info = msgspec.inspect.type_info(struct)
+        for f in info.fields:  # type: ignore[attr-defined]
+            prop = (schema.properties or {}).get(f.encode_name)
+            kinds = getattr(f.type, "types", ())
+            for kind in kinds:
+                ge = getattr(kind, "ge", None)
+                if ge is None or prop is None:
+                    continue
+                for branch in getattr(prop, "one_of", None) or []:
+                    if getattr(branch, "type", None) is not None and str(
+                        getattr(branch.type, "value", branch.type)
+                    ) in ("number", "integer"):
+                        branch.minimum = ge
 
 
 def app_from_env() -> Litestar:

@@ -1,5 +1,5 @@
 """Reliability 7 (flow side): Kafka security settings reach confluent-kafka unchanged, secrets
-come only from the environment and never reach a log line, flags are not mistaken for secrets.
+come only from the environment and never reach a log line.
 The API side (tokens on writes and optionally reads, CORS) is in test_rel_api_fuzz.py."""
 
 from __future__ import annotations
@@ -77,12 +77,13 @@ def test_every_kafka_client_in_the_flow_is_built_from_the_one_settings_mapping()
             )
 
 
-def test_flags_named_like_secrets_are_not_secrets():
-    s = Settings(api_read_token_required=True, api_token=TOKEN, kafka_sasl_password=PASSWORD)
+def test_secrets_are_exactly_the_token_and_the_password_and_are_masked_when_described():
+    s = Settings(api_auth_reads=True, api_token=TOKEN, kafka_sasl_password=PASSWORD)
     assert set(s.secrets()) == {TOKEN, PASSWORD}
-    assert s.describe()["api_read_token_required"] == "True"
-    assert s.describe()["api_token"] == "***"
-    env = {"VIGIL_API_READ_TOKEN_REQUIRED": "true", "VIGIL_API_TOKEN": TOKEN,
+    shown = s.describe()
+    assert shown["api_token"] == shown["kafka_sasl_password"] == "***"
+    assert shown["api_auth_reads"] == "True"
+    env = {"VIGIL_API_AUTH_READS": "true", "VIGIL_API_TOKEN": TOKEN,
            "VIGIL_KAFKA_SASL_PASSWORD": PASSWORD}
     assert set(logs.env_secrets(env)) == {TOKEN, PASSWORD}
 
