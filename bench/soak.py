@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="allowed RSS growth per process after warm-up (default 25 MiB)")
     p.add_argument("--detectors", default="hst,zscore",
                    help="VIGIL_DETECTORS of the flow (default hst,zscore)")
+    p.add_argument("--fetch-wait-ms", type=positive_int, default=10,
+                   help="VIGIL_FETCH_WAIT_MAX_MS of the flow (default 10, the flow's default; "
+                   "higher means fewer fetches for the in-memory test broker to serve)")
     p.add_argument("--out", type=Path, default=Path("soak.json"), help="JSON report")
     args = p.parse_args(argv)
 
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
              "-s", "10", "-b", "0"], cwd=ROOT,
             env=_env(**common, api_url=f"http://127.0.0.1:{api_port}",
                      metrics_port=str(metrics_port), detectors=args.detectors,
-                     window_length="5m", window_hop="1m", readings_topic=topics["readings"]),
+                     window_length="5m", window_hop="1m", readings_topic=topics["readings"],
+                     fetch_wait_max_ms=str(args.fetch_wait_ms)),
             stdout=(state / "flow.log").open("wb"), stderr=subprocess.STDOUT)
         procs.append(flow)
         sim = subprocess.Popen(

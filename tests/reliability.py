@@ -208,7 +208,7 @@ class SteadyProducer(threading.Thread):
 
     def run(self) -> None:
         try:
-            produce(*self.args)
+            produce(*self.args, quiet=True)
         except BaseException as exc:  # reported by finish()
             self.error = exc
 

@@ -279,8 +279,9 @@ def test_client_errors_are_not_logged_as_tracebacks(api, caplog):
 
 
 def test_counts_and_times_the_database_cannot_hold_get_422_and_reads_keep_working(fresh_api):
-    """Found by the fuzzer: windows=10**20 was a 500 (SQLite INTEGER overflow) and a start in
-    year 1 with a +15:44 offset was stored, after which every list answered 500."""
+    """Found by the fuzzer: windows=10**20 (and a heartbeat's lag_messages) was a 500 (SQLite
+    INTEGER overflow) and a start in year 1 with a +15:44 offset was stored, after which every
+    list answered 500."""
     url, _ = fresh_api
     headers = {**AUTH, "content-type": "application/json"}
     good = msgspec.to_builtins(alert(99))
@@ -292,5 +293,8 @@ def test_counts_and_times_the_database_cannot_hold_get_422_and_reads_keep_workin
     bad_score = {**msgspec.to_builtins(score("pump-1", 1)), "readings": 2**63}
     r = httpx.post(f"{url}/v1/scores", content=msgspec.json.encode([bad_score]), headers=headers)
     assert r.status_code == 422
+    r = httpx.post(f"{url}/v1/heartbeat", headers=headers,
+                   content=b'{"source": "f", "lag_messages": 35016351162071215243264}')
+    assert r.status_code == 422  # the long fuzz run found this one as a 500
     assert httpx.get(f"{url}/v1/alerts").status_code == 200
     assert httpx.get(f"{url}/v1/alerts", params={"since": "1714564800"}).status_code == 422

@@ -194,6 +194,9 @@ def test_hostile_records_through_a_real_broker_are_all_scored_or_dead_lettered(
     reasons = Counter(d.reason for d in dead)
     assert {"empty_record", "too_large", "late", "not_finite", "wrong_type",
             "future_timestamp"} <= set(reasons), reasons
+    print(f"RELIABILITY bad_input records_in={len(records)} "
+          f"readings_scored={sum(s.readings for s in scores)} dead_letters={len(dead)} "
+          f"reasons={dict(reasons.most_common())}")
     assert sum(s.readings for s in scores) + len(dead) == len(records), reasons
     assert all(d.reason in REASONS and d.detail for d in dead)
     assert {s.sensor_id for s in scores} == {"pump-1", "泵-2", "🛢️-3", "a" * 200}
