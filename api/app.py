@@ -139,8 +139,36 @@ def create_app(settings: Settings, store: Store | None = None) -> Litestar:
         ),
     )
     ctx.metrics.registry.register(SensorScoreCollector(store, settings.api_metrics_sensors))
+    _strict_bodies(app)
     app.state.ctx = ctx
     return app
+
+
+def _strict_bodies(app: Litestar) -> None:
+    """Say in the schema what the body decoders enforce, where Litestar leaves it out:
+    ``additionalProperties: false`` for ``forbid_unknown_fields`` structs, and the bounds of
+    optional numbers (``Annotated[int, Meta(ge=0)] | None`` loses ``minimum``/``maximum``).
+    Without this, clients (and schemathesis) think such bodies valid until the API says 422."""
+    schemas = app.openapi_schema.components.schemas or {}
+    for struct in (AlertPatch, Heartbeat):
+        schema = schemas.get(struct.__name__)
+        if schema is None:
+            continue
+        if struct.__struct_config__.forbid_unknown_fields:
+            schema.additional_properties = False
+        info = msgspec.inspect.type_info(struct)
+        for f in info.fields:  # type: ignore[attr-defined]
+            prop = (schema.properties or {}).get(f.encode_name)
+            kinds = getattr(f.type, "types", ())
+            for kind in kinds:
+                ge, le = getattr(kind, "ge", None), getattr(kind, "le", None)
+                if (ge is None and le is None) or prop is None:
+                    continue
+                for branch in getattr(prop, "one_of", None) or []:
+                    if getattr(branch, "type", None) is not None and str(
+                        getattr(branch.type, "value", branch.type)
+                    ) in ("number", "integer"):
+                        branch.minimum, branch.maximum = ge, le
 
 
 def app_from_env() -> Litestar:

@@ -82,7 +82,7 @@ class Heartbeat(msgspec.Struct, forbid_unknown_fields=True):
     source: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     readings_per_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
     dead_letters_per_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    lag_messages: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    lag_messages: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)] | None = None  # SQLite-safe
 
 
 class SensorStatus(msgspec.Struct, kw_only=True):

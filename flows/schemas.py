@@ -18,6 +18,8 @@ import msgspec
 SensorId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 MetricName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Severity = Literal["warning", "critical"]
+# Counts a JSON client (and SQLite's 64-bit INTEGER) represents exactly.
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
 AlertStatus = Literal["open", "resolved"]
 
 # Epoch milliseconds accepted for ``ts``: years 1970..2200. Outside that an int is almost
@@ -83,7 +85,7 @@ class ScoreRecord(msgspec.Struct, frozen=True):
     anomalous: bool
     detectors: dict[str, float]
     contributors: list[Contributor]
-    readings: int
+    readings: Count
     model_version: str
     likelihoods: dict[str, float] = msgspec.field(default_factory=dict)
     surprise: float = 0.0
@@ -106,7 +108,7 @@ class Alert(msgspec.Struct, frozen=True):
     detectors: list[str]
     contributors: list[Contributor]
     model_version: str
-    windows: int = 1
+    windows: Count = 1
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

@@ -74,10 +74,13 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 def produce(
-    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], rate: float = 0
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], rate: float = 0,
+    quiet: bool = False,
 ) -> None:
-    """Produce (key, value) records in order (at ``rate``/s if given) and wait for all acks."""
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    """Produce (key, value) records in order (at ``rate``/s if given) and wait for all acks;
+    ``quiet`` keeps librdkafka's connection errors (an outage on purpose) off stderr."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                  **({"log_level": 0} if quiet else {})})
     t0 = time.monotonic()
     for n, (key, value) in enumerate(records):
         if rate and n % 100 == 0:

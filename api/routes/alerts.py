@@ -13,9 +13,17 @@ from litestar.params import Body, FromPath, HeaderParameter, Parameter
 from litestar.response import ServerSentEvent
 
 from api._auth import require_read_token, require_token
-from api._store import AlertFilter, CursorError, NotFound, decode_cursor, encode_cursor
+from api._store import AlertFilter, CursorError, NotFound, decode_cursor, encode_cursor, to_ms
 from api._stream import alert_events
-from api.routes._common import MAX_PAGE, check_range, ctx, ms_or_none
+from api.routes._common import (
+    MAX_PAGE,
+    check_range,
+    check_span,
+    ctx,
+    errors,
+    ms_or_none,
+    rfc3339_only,
+)
 from api.schemas import AlertPage, AlertPatch, AlertView, IngestResult, LifecycleStatus
 from flows.schemas import Alert, Severity
 
@@ -49,7 +57,7 @@ def _filter(
 
 @post(
     "/v1/alerts", guards=[require_token], status_code=200, tags=["alerts"],
-    summary="Ingest a batch of alerts (idempotent on alert_id)",
+    summary="Ingest a batch of alerts (idempotent on alert_id)", responses=errors(401, 413, 422),
 )
 async def ingest_alerts(
     request: Request,
@@ -59,6 +67,8 @@ async def ingest_alerts(
     )],
 ) -> IngestResult:
     """Store alerts the flow emitted. Re-sending a batch changes nothing."""
+    for i, a in enumerate(data):
+        check_span(f"alert {i} ({a.alert_id!r}): start/end", to_ms(a.start), to_ms(a.end))
     c = ctx(request)
     events, unchanged = c.store.ingest_alerts(data)
     created = sum(1 for e in events if e.kind == "created")
@@ -78,7 +88,7 @@ async def ingest_alerts(
 
 @get(
     "/v1/alerts", guards=[require_read_token], tags=["alerts"],
-    summary="List alerts, newest incident first",
+    summary="List alerts, newest incident first", responses=errors(401, 422),
 )
 async def list_alerts(
     request: Request,
@@ -92,6 +102,7 @@ async def list_alerts(
     cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
 ) -> AlertPage:
     """Filtered alerts with keyset pagination: no duplicates or gaps across pages."""
+    rfc3339_only(request, "since", "until")
     f = _filter(sensor_id, severity, status, detector, since, until)
     try:
         after = decode_cursor(cursor) if cursor else None
@@ -103,7 +114,7 @@ async def list_alerts(
 
 @get(
     "/v1/alerts/stream", guards=[require_read_token], tags=["alerts"],
-    summary="Live alerts as Server-Sent Events",
+    summary="Live alerts as Server-Sent Events", responses=errors(401, 422),
 )
 async def stream_alerts(
     request: Request,
@@ -128,7 +139,7 @@ async def stream_alerts(
 
 @get(
     "/v1/alerts/{alert_id:str}", guards=[require_read_token], tags=["alerts"],
-    summary="One alert with its lifecycle",
+    summary="One alert with its lifecycle", responses=errors(401, 404),
 )
 async def get_alert(request: Request, alert_id: FromPath[str]) -> AlertView:
     """The alert, or 404."""
@@ -140,7 +151,7 @@ async def get_alert(request: Request, alert_id: FromPath[str]) -> AlertView:
 
 @patch(
     "/v1/alerts/{alert_id:str}", guards=[require_token], tags=["alerts"],
-    summary="Acknowledge or resolve an alert",
+    summary="Acknowledge or resolve an alert", responses=errors(401, 404, 409, 413, 422),
 )
 async def update_alert(
     request: Request,

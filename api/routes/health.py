@@ -5,12 +5,13 @@ from __future__ import annotations
 import sqlite3
 
 from litestar import Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api._auth import require_token
 from api._store import from_ms, now_ms
-from api.routes._common import ctx
+from api.routes._common import ctx, errors
 from api.schemas import FlowHealth, Heartbeat, Ready
 
 
@@ -23,6 +24,8 @@ async def health() -> dict[str, str]:
 @get(
     "/ready", tags=["health"],
     summary="Database reachable; flow heartbeat age and throughput",
+    responses={503: ResponseSpec(Ready, description="The database does not answer.",
+                                 generate_examples=False)},
 )
 async def ready(request: Request) -> Response[Ready]:
     """503 when the database does not answer. A missing or stale flow heartbeat is reported
@@ -58,7 +61,7 @@ async def metrics(request: Request) -> Response[bytes]:
 
 @post(
     "/v1/heartbeat", guards=[require_token], status_code=204, tags=["health"],
-    summary="A sign of life from the flow",
+    summary="A sign of life from the flow", responses=errors(401, 413, 422),
 )
 async def heartbeat(request: Request, data: JSONBody[Heartbeat]) -> None:
     """The flow's API sink calls this regularly; /ready reports the newest one's age and

@@ -8,7 +8,7 @@ from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromPath
 
 from api._auth import require_read_token, require_token
-from api.routes._common import ctx
+from api.routes._common import ctx, errors
 from api.schemas import ModelList, ModelVersion
 from detectors.registry import ModelInfo, ModelRegistry, RegistryError
 
@@ -38,7 +38,7 @@ def _list(request: Request) -> ModelList:
 
 @get(
     "/v1/models", guards=[require_read_token], tags=["models"],
-    summary="Model versions, the active one, their metrics",
+    summary="Model versions, the active one, their metrics", responses=errors(401),
 )
 async def list_models(request: Request) -> ModelList:
     """Every valid version in VIGIL_MODEL_REGISTRY (or the bundled model)."""
@@ -48,6 +48,7 @@ async def list_models(request: Request) -> ModelList:
 @post(
     "/v1/models/{version:str}/activate", guards=[require_token], status_code=200,
     tags=["models"], summary="Activate a model version (the flow hot-reloads it)",
+    responses=errors(401, 404, 409),
 )
 async def activate_model(request: Request, version: FromPath[str]) -> ModelList:
     """Check the version loads and runs, then point ACTIVE at it.

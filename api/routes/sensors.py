@@ -11,8 +11,16 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, Parameter
 
 from api._auth import require_read_token, require_token
-from api._store import NotFound
-from api.routes._common import MAX_PAGE, check_range, ctx, ms_or_none
+from api._store import NotFound, to_ms
+from api.routes._common import (
+    MAX_PAGE,
+    check_range,
+    check_span,
+    ctx,
+    errors,
+    ms_or_none,
+    rfc3339_only,
+)
 from api.schemas import ScoreIngestResult, ScoreSeries, SensorPage, SensorStatus
 from flows.schemas import ScoreRecord
 
@@ -30,6 +38,7 @@ SCORE_EXAMPLE = {
 @post(
     "/v1/scores", guards=[require_token], status_code=200, tags=["sensors"],
     summary="Ingest a batch of score records (the flow sends aggregated samples)",
+    responses=errors(401, 413, 422),
 )
 async def ingest_scores(
     request: Request,
@@ -39,6 +48,9 @@ async def ingest_scores(
     )],
 ) -> ScoreIngestResult:
     """Store scores; the same window sent twice is stored once."""
+    for i, s in enumerate(data):
+        check_span(f"score {i} ({s.sensor_id!r}): window_start/window_end",
+                   to_ms(s.window_start), to_ms(s.window_end))
     c = ctx(request)
     stored = c.store.ingest_scores(data)
     c.metrics.ingested.labels("scores", "stored").inc(stored)
@@ -47,7 +59,7 @@ async def ingest_scores(
 
 @get(
     "/v1/sensors", guards=[require_read_token], tags=["sensors"],
-    summary="Every known sensor's latest status",
+    summary="Every known sensor's latest status", responses=errors(401, 422),
 )
 async def list_sensors(
     request: Request,
@@ -61,7 +73,7 @@ async def list_sensors(
 
 @get(
     "/v1/sensors/{sensor_id:str}", guards=[require_read_token], tags=["sensors"],
-    summary="One sensor's latest status",
+    summary="One sensor's latest status", responses=errors(401, 404),
 )
 async def get_sensor(request: Request, sensor_id: FromPath[str]) -> SensorStatus:
     """The sensor, or 404 if no alert or score of it was ever ingested."""
@@ -73,7 +85,7 @@ async def get_sensor(request: Request, sensor_id: FromPath[str]) -> SensorStatus
 
 @get(
     "/v1/sensors/{sensor_id:str}/scores", guards=[require_read_token], tags=["sensors"],
-    summary="A sensor's score history",
+    summary="A sensor's score history", responses=errors(401, 404, 422),
 )
 async def sensor_scores(
     request: Request,
@@ -83,6 +95,7 @@ async def sensor_scores(
     limit: Annotated[int, Parameter(ge=1, le=MAX_SCORES, description=f"1..{MAX_SCORES}")] = 1000,
 ) -> ScoreSeries:
     """Stored scores, oldest first; `truncated` says the limit cut the range short."""
+    rfc3339_only(request, "since", "until")
     store = ctx(request).store
     lo, hi = ms_or_none("since", since), ms_or_none("until", until)
     check_range(lo, hi)
