@@ -30,6 +30,7 @@ def _ingest(url: str, records: list) -> float:
 
 def test_a_new_alert_reaches_a_subscriber_within_100ms_of_ingest(api):
     sent: list[float] = []
+    threads: list[threading.Thread] = []
 
     def ingest_soon() -> None:
         def later() -> None:
@@ -38,9 +39,11 @@ def test_a_new_alert_reaches_a_subscriber_within_100ms_of_ingest(api):
                 _ingest(api, [alert(i)])
                 sent.append(time.monotonic())  # stored: the alert is ingested from here on
                 time.sleep(0.15)
-        threading.Thread(target=later, daemon=True).start()
+        threads.append(threading.Thread(target=later, daemon=True))
+        threads[0].start()
 
     events = read_events(f"{api}/v1/alerts/stream", 5, on_open=ingest_soon)
+    threads[0].join(10)  # the last ingest call may return after its event arrived
     assert [msgspec.json.decode(e.data)["alert"]["alert_id"] for e in events] == [
         f"a{i:05d}" for i in range(5)]
     assert all(e.event == "alert" for e in events)
