@@ -107,7 +107,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
              label="state KiB/sensor")
     ax2.set_ylabel("state per sensor (KiB)")
     ax.set_title("bench.scale: throughput and state vs sensors")
-    fig.legend(loc="upper right", fontsize=8)
+    fig.legend(loc="center right", bbox_to_anchor=(0.88, 0.5), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
