@@ -47,7 +47,8 @@ import numpy.typing as npt
 
 from bench.broker import ExternalBroker, TestBroker
 from bench.throughput import (
-    _PASS_THROUGH,
+    base_flow_env,
+    broker_config,
     git_commit,
     metric_names,
     open_broker,
@@ -55,7 +56,7 @@ from bench.throughput import (
 )
 from flows.cli import positive_float, positive_int
 from flows.schemas import encoder
-from flows.settings import Settings, SettingsError, parse_brokers, parse_duration
+from flows.settings import Settings, SettingsError, parse_duration
 from flows.simulator import Fleet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,8 +293,7 @@ def analyse(
 
 # --- the run ---------------------------------------------------------------------------------
 def _flow_env(bootstrap: str, topics: dict[str, str], args: argparse.Namespace) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("VIGIL_") or k.startswith(_PASS_THROUGH)}
+    env = base_flow_env()
     env.update({
         "VIGIL_BROKERS": bootstrap,
         "VIGIL_READINGS_TOPIC": topics["readings"],
@@ -501,14 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         parse_duration(args.interval)
-        brokers = args.brokers or os.environ.get("VIGIL_TEST_BROKERS", "").strip() or None
-        if brokers:
-            brokers = ",".join(parse_brokers(brokers))
-        kafka_env = {k: v for k, v in os.environ.items() if k.startswith(_PASS_THROUGH)}
-        kafka = Settings.from_env(kafka_env).kafka_config()
+        brokers, kafka = broker_config(args.brokers)
     except (ValueError, SettingsError) as exc:
         p.error(str(exc))
-    kafka.pop("bootstrap.servers", None)
     with open_broker(brokers, kafka) as (broker, _pid):
         report = run(args, broker, kafka)
     print(table(report))

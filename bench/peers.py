@@ -34,7 +34,7 @@ from typing import Any
 
 from bench.broker import read_all
 from bench.throughput import (
-    _PASS_THROUGH,
+    broker_config,
     git_commit,
     metric_names,
     open_broker,
@@ -42,7 +42,7 @@ from bench.throughput import (
     versions,
 )
 from flows.cli import positive_int
-from flows.settings import Settings, SettingsError, parse_brokers, parse_duration
+from flows.settings import SettingsError, parse_duration
 from flows.simulator import Fleet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def command(peer: str, args: list[str], quix_py: str | None) -> tuple[list[str],
         return [sys.executable, "-m", "bench.peers_impl.plain", *args], env
     if peer == "quix":
         assert quix_py is not None
-        return [quix_py, str(ROOT / "bench" / "peers_impl" / "quix.py"), *args], env
+        return [quix_py, "-m", "bench.peers_impl.quix", *args], env  # cwd: the repository
     module = {"bytewax": "bench.peers_impl.bytewax_fold", "vigil": "bench.peers_impl.vigil_stage"}
     env["PEER_ARGS"] = " ".join(args)
     return [sys.executable, "-m", "bytewax.run", module[peer]], env
@@ -198,15 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fleet = Fleet(args.sensors, metric_names(args.metrics), args.seed,
                       interval=parse_duration(args.interval))
-        brokers = args.brokers or os.environ.get("VIGIL_TEST_BROKERS", "").strip() or None
-        if brokers:
-            brokers = ",".join(parse_brokers(brokers))
-        kafka = Settings.from_env(
-            {k: v for k, v in os.environ.items() if k.startswith(_PASS_THROUGH)}
-        ).kafka_config()
+        brokers, kafka = broker_config(args.brokers)
     except (ValueError, SettingsError) as exc:
         p.error(str(exc))
-    kafka.pop("bootstrap.servers", None)
     peers = list(args.only or PEERS)
     quix_py = setup_quix() if args.setup_quix else quix_python(args.quix_python)
     if "quix" in peers and quix_py is None:

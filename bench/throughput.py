@@ -326,13 +326,35 @@ def _variants(
     return out
 
 
-# --- one flow run ----------------------------------------------------------------------------
-def flow_env(cfg: _Config, topics: dict[str, str], metrics_port: int) -> dict[str, str]:
-    """The flow's environment: the parent's minus VIGIL_* (bar credentials), plus this run's."""
-    env = {
+# --- broker and environment, shared by the bench scripts that run the flow ------------------
+def broker_config(flag: str | None) -> tuple[str | None, dict[str, str]]:
+    """The brokers to measure against and the client config for them.
+
+    Brokers: the ``--brokers`` flag, else ``VIGIL_TEST_BROKERS``, else None (start the test
+    broker). Config: librdkafka keys from the ``VIGIL_KAFKA_*`` settings (security), without
+    ``bootstrap.servers``. Raises ValueError or SettingsError with a message for the user.
+    """
+    brokers = flag or os.environ.get("VIGIL_TEST_BROKERS", "").strip() or None
+    if brokers:
+        brokers = ",".join(parse_brokers(brokers))
+    kafka_env = {k: v for k, v in os.environ.items() if k.startswith(_PASS_THROUGH)}
+    kafka = Settings.from_env(kafka_env).kafka_config()
+    kafka.pop("bootstrap.servers", None)
+    return brokers, kafka
+
+
+def base_flow_env() -> dict[str, str]:
+    """The parent's environment minus VIGIL_* (bar credentials): a run sets its own."""
+    return {
         k: v for k, v in os.environ.items()
         if not k.startswith("VIGIL_") or k.startswith(_PASS_THROUGH)
     }
+
+
+# --- one flow run ----------------------------------------------------------------------------
+def flow_env(cfg: _Config, topics: dict[str, str], metrics_port: int) -> dict[str, str]:
+    """The flow's environment: the parent's minus VIGIL_* (bar credentials), plus this run's."""
+    env = base_flow_env()
     env.update({
         "VIGIL_BROKERS": cfg.bootstrap,
         "VIGIL_READINGS_TOPIC": cfg.readings_topic,
@@ -802,15 +824,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (parse_duration(args.window) / parse_duration(args.hop)) % 1:
         p.error("--window must be a whole multiple of --hop")
-    brokers = args.brokers or os.environ.get("VIGIL_TEST_BROKERS", "").strip() or None
     try:
-        if brokers:
-            brokers = ",".join(parse_brokers(brokers))
-        kafka_env = {k: v for k, v in os.environ.items() if k.startswith(_PASS_THROUGH)}
-        kafka = Settings.from_env(kafka_env).kafka_config()
+        brokers, kafka = broker_config(args.brokers)
     except (ValueError, SettingsError) as exc:
         p.error(str(exc))
-    kafka.pop("bootstrap.servers", None)
     fleet = Fleet(args.sensors, metric_names(args.metrics), args.seed,
                   parse_duration(args.interval), args.anomaly_rate, DEFAULT_START)
     progress = not args.no_progress

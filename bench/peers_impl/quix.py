@@ -2,12 +2,12 @@
 
 Idiomatic Quix: a JSON topic whose timestamps come from the readings' ``ts``, a
 ``tumbling_window(60 s).reduce(...).final()`` per message key (the sensor id), and
-``to_topic``. Stops itself after READINGS readings. Imports nothing from Vigil.
+``to_topic``. Stops itself after READINGS readings. From Vigil it imports only
+``bench.peers_impl`` (standard library only), so the accumulators are the other peers' own.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import datetime
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from quixstreams import Application
 
-WINDOW_MS = 60_000
+from bench.peers_impl import WINDOW_MS, finish, fold, mark_first
 
 
 def main(brokers: str, topic: str, out: str, readings: int, stats: str) -> None:
@@ -35,39 +35,25 @@ def main(brokers: str, topic: str, out: str, readings: int, stats: str) -> None:
 
     def count(_value: dict) -> None:
         if seen[0] == 0:
-            Path(stats).write_text(json.dumps({"first": time.time()}))
+            mark_first(stats)
         seen[0] += 1
         if seen[0] >= readings:
             app.stop()
 
     def reducer(acc: dict, value: dict) -> dict:
-        for metric, v in value["values"].items():
-            a = acc.get(metric)
-            if a is None:
-                acc[metric] = [1.0, v, v * v, v, v]
-            else:
-                a[0] += 1.0
-                a[1] += v
-                a[2] += v * v
-                a[3] = min(a[3], v)
-                a[4] = max(a[4], v)
+        fold(acc, value["values"])
         return acc
 
     def initializer(value: dict) -> dict:
         return reducer({}, value)
 
-    def finish(w: dict) -> dict:
-        out_rec: dict[str, object] = {"window_start_ms": w["start"]}
-        for metric, (n, s, ss, lo, hi) in w["value"].items():
-            mean = s / n
-            out_rec[metric] = {"mean": mean, "std": max(ss / n - mean * mean, 0.0) ** 0.5,
-                               "min": lo, "max": hi}
-        return out_rec
+    def record(w: dict, key: bytes, _ts: int, _headers: object) -> dict:
+        return finish(w["value"], key.decode(), w["start"])
 
     sdf = app.dataframe(inp)
     sdf = sdf.update(count)
     sdf = sdf.tumbling_window(duration_ms=WINDOW_MS).reduce(reducer, initializer).final()
-    sdf = sdf.apply(finish)
+    sdf = sdf.apply(record, metadata=True)
     sdf.to_topic(dst)
     app.run()
 
