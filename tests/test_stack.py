@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,19 +17,13 @@ import pytest
 import yaml
 from integration import ONE_HZ, ROOT, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from stackkit import stack_env, stack_up
 
 from bench.broker import port_in_use, read_all
 from bench.compose_check import dashboard_queries
 from flows.schemas import Alert
 
 pytestmark = pytest.mark.integration
-
-
-def _env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    env.update({f"VIGIL_{k.upper()}": v for k, v in settings.items()})
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _samples(text: str) -> dict[str, list]:
@@ -74,18 +67,11 @@ def _gone(pid: int) -> bool:
 
 def test_stack_up_gets_readings_to_alerts_in_the_api_and_topic_and_metrics_then_stops(tmp_path):
     state = tmp_path / "stack"
-    env = _env(**ONE_HZ, api_score_interval="1s", log_format="json")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.stack", "up", "--state-dir", str(state),
-         "--broker-port", "0", "--api-port", "0", "--metrics-port", "0",
-         "--sensors", "10", "--rate", "3000", "--interval", "1s", "--anomaly-rate", "150",
-         "--snapshot-interval", "1"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    info_file = state / "stack.json"
-    try:
-        assert wait_for(info_file.exists, 60), proc.stdout.read() if proc.poll() else "slow"
-        info = json.loads(info_file.read_text())
+    with stack_up(
+        state, "--sensors", "10", "--rate", "3000", "--interval", "1s", "--anomaly-rate", "150",
+        "--snapshot-interval", "1", **ONE_HZ, api_score_interval="1s", log_format="json",
+    ) as stack:
+        info = stack.info
         api, metrics_url = info["api_url"], info["metrics_url"]
         assert set(info["topics"]) == {"readings", "alerts", "scores", "readings-dead-letter"}
 
@@ -130,14 +116,8 @@ def test_stack_up_gets_readings_to_alerts_in_the_api_and_topic_and_metrics_then_
                       outcome="created") >= len(in_api)
         assert wait_for(lambda: _samples(httpx.get(f"{api}/metrics").text).get(
             "vigil_api_sensor_score"), 10)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert proc.returncode == 0, out
+    out = stack.output
+    assert stack.proc.returncode == 0, out
     assert "Vigil stack is up" in out and info["api_token"] in out
     assert "stopped; logs are in" in out
     assert all(_gone(pid) for pid in info["pids"].values()), info["pids"]
@@ -158,7 +138,7 @@ def test_stack_refuses_a_port_in_use_with_a_clear_message_and_starts_nothing(tmp
         out = subprocess.run(
             [sys.executable, "-m", "bench.stack", "up", "--state-dir", str(tmp_path / "s"),
              "--api-port", str(taken), "--broker-port", "0", "--metrics-port", "0"],
-            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
+            cwd=ROOT, env=stack_env(), capture_output=True, text=True, timeout=60,
         )
         assert port_in_use(taken)
     assert out.returncode == 2
@@ -172,7 +152,7 @@ def test_stack_refuses_a_non_empty_folder_it_did_not_make(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "bench.stack", "up", "--state-dir", str(tmp_path),
          "--api-port", "0", "--broker-port", "0", "--metrics-port", "0"],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
+        cwd=ROOT, env=stack_env(), capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 2 and "was not made by `python -m bench.stack`" in out.stderr
     assert (tmp_path / "keep.txt").read_text() == "precious"
@@ -181,7 +161,7 @@ def test_stack_refuses_a_non_empty_folder_it_did_not_make(tmp_path):
 def test_stack_reports_invalid_settings_before_starting_anything(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "bench.stack", "up", "--state-dir", str(tmp_path / "s")],
-        cwd=ROOT, env=_env(window_hop="7m"), capture_output=True, text=True, timeout=60,
+        cwd=ROOT, env=stack_env(window_hop="7m"), capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 2 and "VIGIL_WINDOW_LENGTH (5m) must be a whole multiple" in (
         out.stderr

@@ -10,13 +10,9 @@ Skipped, saying why, only where no chromium is installed; ``.ci/run`` installs i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +20,9 @@ import httpx
 import msgspec
 import pytest
 from apikit import AUTH, TOKEN, alert, body, score, serve_in_thread
-from integration import ONE_HZ, ROOT, wait_for
+from integration import ONE_HZ, wait_for
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from stackkit import stack_up
 
 from api import create_app
 from flows.schemas import Contributor
@@ -93,13 +90,6 @@ def _pixel_spread(png: Path) -> float:
     return ImageStat.Stat(Image.open(png).convert("L")).stddev[0]
 
 
-def _stack_env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    env.update({f"VIGIL_{k.upper()}": v for k, v in settings.items()})
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 @pytest.mark.integration
 def test_on_the_running_stack_an_alert_appears_live_and_is_acknowledged_from_the_page(
     browser, tmp_path
@@ -109,19 +99,13 @@ def test_on_the_running_stack_an_alert_appears_live_and_is_acknowledged_from_the
     # 5 sensors at 1 s event-time spacing, 50 ticks a second: alerts within ~10 s. An alert
     # resolves after 60 normal windows (10 min of event time, ~12 s here), so it stays on the
     # page long enough to be acknowledged.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.stack", "up", "--state-dir", str(state),
-         "--broker-port", "0", "--api-port", "0", "--metrics-port", "0", "--token", token,
-         "--sensors", "5", "--rate", "250", "--interval", "1s", "--anomaly-rate", "96",
-         "--snapshot-interval", "1", "--partitions", "2"],
-        cwd=ROOT, env=_stack_env(**ONE_HZ, alert_resolve_after="60", api_score_interval="1s",
-                                 api_auth_reads="true", api_heartbeat_stale="4s"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    info_file = state / "stack.json"
-    try:
-        assert wait_for(info_file.exists, 90), proc.stdout.read() if proc.poll() else "slow"
-        info = json.loads(info_file.read_text())
+    with stack_up(
+        state, "--token", token, "--sensors", "5", "--rate", "250", "--interval", "1s",
+        "--anomaly-rate", "96", "--snapshot-interval", "1", "--partitions", "2", timeout=90,
+        **ONE_HZ, alert_resolve_after="60", api_score_interval="1s", api_auth_reads="true",
+        api_heartbeat_stale="4s",
+    ) as stack:
+        info = stack.info
         api = info["api_url"]
         assert httpx.get(f"{api}/v1/alerts").status_code == 401  # reads really need the token
 
@@ -182,14 +166,8 @@ def test_on_the_running_stack_an_alert_appears_live_and_is_acknowledged_from_the
         _no_horizontal_scroll(phone.page)
         phone.page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
         assert not phone.problems, phone.problems
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert proc.returncode == 0, out
+    out = stack.output
+    assert stack.proc.returncode == 0, out
     assert f"web page:     {info['ui_url']}" in out and "reads need it too" in out
     assert token not in Path(info["logs"]["api"]).read_text()  # the page never put it in a URL
 
