@@ -498,8 +498,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def quiet_flow_logs() -> None:
     """Only warnings on stderr: not the flow's INFO lines (its import-time demo set-up, one
-    line per alert), which would bury this command's own output. flows.detect has already
-    installs its log handler at import (done here first), so only the level changes."""
+    line per alert), which would bury this command's own output. flows.detect installs its
+    log handler at import (done here first), so only the level changes."""
     os.environ.setdefault("VIGIL_LOG_LEVEL", "WARNING")  # for that import-time set-up
     import flows.detect  # noqa: F401  (its import configures logging; it must come first)
 

@@ -150,10 +150,9 @@ class SeasonalProfile:
             score = max(zl[j])
             verdicts[i] = Verdict(score, score >= self.threshold, top)
         # learn: the deviation from residuals where known, the level where the value is
-        new_dev = np.where(
-            known, np.where(np.isnan(dev), np.abs(resid), dev + self.dev_rate * (
-                np.abs(np.nan_to_num(resid)) - np.nan_to_num(dev))), dev,
-        )
+        absr = np.abs(resid)  # NaN where not known; those rows keep their deviation
+        first = np.isnan(dev)  # the metric's first residual sets its deviation
+        new_dev = np.where(known, np.where(first, absr, dev + self.dev_rate * (absr - dev)), dev)
         has_x = np.isfinite(x)
         new_level = np.where(known, level + self.alpha * np.nan_to_num(resid), level)
         new_level = np.where(has_x & ~known, x, new_level)  # first visit of this phase
