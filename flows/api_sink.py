@@ -37,9 +37,25 @@ def pusher_for(settings: Settings, heartbeat: bool) -> ApiPusher:
     )
 
 
+_heartbeats: dict[tuple[str, str], ApiPusher] = {}
+
+
+def start_heartbeat(settings: Settings) -> ApiPusher:
+    """This process's heartbeat to the API, from the flow's build on (one per API and token).
+
+    Not the alert sink's job: Bytewax builds a sink partition only when its first item
+    arrives, so heartbeats owned by it left ``/ready`` and the web page calling the flow stale
+    until the first alert, minutes or hours after a healthy start.
+    """
+    key = (settings.api_url, settings.api_token)
+    if key not in _heartbeats:
+        _heartbeats[key] = pusher_for(settings, heartbeat=True)
+    return _heartbeats[key]
+
+
 class _AlertPartition(StatefulSinkPartition[Alert, bytes]):
     def __init__(self, settings: Settings, resume: bytes | None) -> None:
-        self._pusher = pusher_for(settings, heartbeat=True)
+        self._pusher = pusher_for(settings, heartbeat=False)
         self._pusher.put_alerts(decode_pending(resume))
 
     def write_batch(self, values: list[Alert]) -> None:

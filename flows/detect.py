@@ -298,8 +298,10 @@ def _default_outputs(settings: Settings) -> Outputs:
 
 
 def api_outputs(settings: Settings, streams: FlowStreams) -> None:
-    """Push alerts (never dropped) and aggregated scores to ``VIGIL_API_URL``."""
-    from flows.api_sink import ApiAlertSink, ApiScoreSink
+    """Push alerts (never dropped) and aggregated scores to ``VIGIL_API_URL``; heartbeats."""
+    from flows.api_sink import ApiAlertSink, ApiScoreSink, start_heartbeat
+
+    start_heartbeat(settings)
 
     op.output(
         "push_alerts_to_api", op.key_on("key_alerts_for_api", streams.alerts, lambda _: "api"),

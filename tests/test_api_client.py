@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,7 +14,7 @@ import httpx
 import msgspec
 import pytest
 from apikit import TOKEN, alert, free_port, score, serve_in_thread
-from integration import wait_for
+from integration import ROOT, wait_for
 from litestar import Litestar, post
 from litestar.exceptions import ValidationException
 from litestar.params import JSONBody
@@ -217,3 +221,23 @@ def test_the_flow_pushes_every_alert_and_scores_to_the_api_via_named_steps(make_
         sensors = httpx.get(f"{url}/v1/sensors").json()["items"]
         assert {s["sensor_id"] for s in sensors} == {"s0", "s1", "s2"}
         assert all(s["last_score"] is not None for s in sensors)
+
+
+def test_a_flow_process_sends_heartbeats_from_start_up_before_any_alert(make_app):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")} | {
+        "VIGIL_API_TOKEN": TOKEN, "VIGIL_API_HEARTBEAT_STALE": "4s",
+        # the simulated fleet in real time from now: its first window closes after minutes
+        "VIGIL_SIM_BACKFILL": "0s",
+    }
+    with serve_in_thread(make_app()) as url:
+        env["VIGIL_API_URL"] = url
+        flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.detect"], cwd=ROOT,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(
+                lambda: httpx.get(f"{url}/ready").json()["flow"]["last_heartbeat"], 30)
+            assert not httpx.get(f"{url}/ready").json()["flow"]["stale"]
+            assert _ids(url) == []  # no alert (so no alert sink partition) exists yet
+        finally:
+            flow.send_signal(signal.SIGTERM)
+            flow.wait(30)
