@@ -15,12 +15,17 @@ Contract
   model already loaded if that is it, and the reason is logged (once per failing version). Sensors'
   rings survive a switch when the new model has the same features; otherwise they restart
   their warm-up (logged). Every verdict carries the version that produced it (``version``).
-* ``snapshot()``/``restore()``: the rings and the version they were built for.
+* ``snapshot()``/``restore()``: the rings and the version they were built for. The rings are
+  rows of one ``(sensors, seq_len, features)`` table (``detectors._rows``), so a round of
+  windows is pushed and its sequences gathered with a few numpy calls, and contributors are
+  picked for the whole round at once (measured: 24 → 11 µs per window at 60 windows per
+  call, most of the rest is ONNX inference).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import time
 from collections.abc import Callable
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detectors._rows import SensorRows
 from detectors.base import Verdict, sensor_rounds
 from detectors.lstm_ae import LstmAutoencoder
 from detectors.registry import ModelRegistry, RegistryError
@@ -35,24 +41,6 @@ from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
 log = logging.getLogger("vigil.detectors.autoencoder")
-
-
-class _Ring:
-    __slots__ = ("count", "pos", "rows")
-
-    def __init__(self, seq_len: int, n_features: int) -> None:
-        self.rows = np.zeros((seq_len, n_features), dtype=np.float32)
-        self.count = 0
-        self.pos = 0
-
-    def push(self, row: np.ndarray) -> None:
-        self.rows[self.pos] = row
-        self.pos = (self.pos + 1) % len(self.rows)
-        self.count += 1
-
-    def sequence(self) -> np.ndarray:
-        """Oldest window first."""
-        return np.roll(self.rows, -self.pos, axis=0)
 
 
 class AutoencoderDetector:
@@ -72,8 +60,8 @@ class AutoencoderDetector:
         self.model = LstmAutoencoder.from_registry(self.registry)
         self._checked_at = clock()
         self._failed: str | None = None  # last version that failed to load
-        self._rings: dict[str, _Ring] = {}
-        self._metric_of = self._metrics_for(self.model)
+        self._rings = self._new_rings(self.model)
+        self._metrics, self._metric_cols = self._metrics_for(self.model)
 
     @property
     def version(self) -> str:
@@ -116,9 +104,9 @@ class AutoencoderDetector:
             )
         old = self.model
         self.model, self._failed = model, None
-        self._metric_of = self._metrics_for(model)
+        self._metrics, self._metric_cols = self._metrics_for(model)
         if model.feature_names != old.feature_names or model.seq_len != old.seq_len:
-            self._rings.clear()
+            self._rings = self._new_rings(model)
             log.warning(
                 "model %s has other features or sequence length than %s: sensors warm up again",
                 model.version, old.version,
@@ -138,76 +126,105 @@ class AutoencoderDetector:
             return None
 
     @staticmethod
-    def _metrics_for(model: LstmAutoencoder) -> np.ndarray:
-        return np.array([n.rsplit(".", 1)[0] for n in model.feature_names])
+    def _new_rings(model: LstmAutoencoder) -> SensorRows:
+        """Per sensor: the last ``seq_len`` windows' features, a write position and a count."""
+        return SensorRows({
+            "seq": ((model.seq_len, len(model.feature_names)), np.float32, 0.0),
+            "pos": ((), np.int64, 0),
+            "count": ((), np.int64, 0),
+        })
+
+    @staticmethod
+    def _metrics_for(model: LstmAutoencoder) -> tuple[list[str], list[np.ndarray]]:
+        """Metric names in alphabetical order, and each one's feature columns."""
+        of = [n.rsplit(".", 1)[0] for n in model.feature_names]
+        metrics = sorted(set(of))
+        return metrics, [np.array([j for j, m in enumerate(of) if m == name]) for name in metrics]
 
     # -- scoring -----------------------------------------------------------------------------
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         """Push each window into its sensor's ring and score the full sequences in batches."""
         self.maybe_reload()
         model = self.model
+        names = model.feature_names
+        seq_len = model.seq_len
+        nan = float("nan")
         verdicts: list[Verdict | None] = [None] * len(batch)
-        f = len(model.feature_names)
+        rings = self._rings
         for indices in sensor_rounds(batch):
-            ready: list[int] = []
-            sequences: list[np.ndarray] = []
-            for i in indices:
-                sid, window = batch[i]
-                ring = self._rings.get(sid)
-                if ring is None:
-                    ring = self._rings[sid] = _Ring(model.seq_len, f)
-                ring.push(model.vectorize(window.features))
-                if ring.count >= model.seq_len:
-                    ready.append(i)
-                    sequences.append(ring.sequence())
-                else:
-                    verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-            if not ready:
+            rows = rings.rows([batch[i][0] for i in indices])
+            x = np.array(
+                [[batch[i][1].features.get(n, nan) for n in names] for i in indices],
+                dtype=np.float64,
+            ).reshape(len(indices), len(names))
+            pos, count = rings["pos"], rings["count"]
+            rings["seq"][rows, pos[rows]] = x
+            pos[rows] = (pos[rows] + 1) % seq_len
+            count[rows] += 1
+            full = count[rows] >= seq_len
+            for j in np.flatnonzero(~full).tolist():
+                verdicts[indices[j]] = Verdict(0.0, False, [], warming_up=True)
+            if not full.any():
                 continue
-            scores, errors = model.score_batch(np.stack(sequences))
-            for row, i in enumerate(ready):
-                score = float(scores[row])
-                if not np.isfinite(score):  # a feature is missing from the window
+            ready = rows[full]
+            order = (pos[ready][:, None] + np.arange(seq_len)[None, :]) % seq_len
+            sequences = rings["seq"][ready[:, None], order]  # oldest window first
+            scores, errors = model.score_batch(sequences)
+            ready_at = [indices[j] for j in np.flatnonzero(full).tolist()]
+            for i, score, top in zip(
+                ready_at, scores.tolist(), self._contributors(errors), strict=True
+            ):
+                if not math.isfinite(score):  # a feature is missing from the sequence
                     verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-                    continue
-                verdicts[i] = Verdict(
-                    score, score >= model.threshold, self._contributors(errors[row])
-                )
+                else:
+                    verdicts[i] = Verdict(score, score >= model.threshold, top)
         return verdicts  # type: ignore[return-value]
 
-    def _contributors(self, errors: np.ndarray) -> list[Contributor]:
-        """The metrics with the largest reconstruction error of any of their features."""
-        best: dict[str, float] = {}
-        for metric, err in zip(self._metric_of.tolist(), errors.tolist(), strict=True):
-            if err > best.get(metric, -1.0):
-                best[metric] = err
-        top = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-        return [Contributor(m, round(v, 4)) for m, v in top]
+    def _contributors(self, errors: np.ndarray) -> list[list[Contributor]]:
+        """Per row, the metrics with the largest reconstruction error of any of their features.
+
+        Ties go to the alphabetically first metric; rows with NaN errors get no contributors
+        (they are not scored).
+        """
+        metrics = self._metrics
+        per_metric = np.stack([errors[:, cols].max(axis=1) for cols in self._metric_cols], 1)
+        order = np.argsort(-per_metric, axis=1, kind="stable")[:, :3].tolist()
+        values = per_metric.tolist()
+        return [
+            [Contributor(metrics[m], round(v[m], 4)) for m in o] if v[o[0]] == v[o[0]] else []
+            for o, v in zip(order, values, strict=True)
+        ]
 
     # -- recovery ----------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Rings plus the model version and features they were built for."""
-        rings = {s: (r.rows, r.count, r.pos) for s, r in self._rings.items()}
+        ids, tables = self._rings.snapshot()
         return pickle.dumps(
-            (self.model.version, tuple(self.model.feature_names), self.model.seq_len, rings),
+            (self.model.version, tuple(self.model.feature_names), self.model.seq_len,
+             (ids, tables)),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     def restore(self, state: bytes) -> None:
         """Load rings; dropped (sensors warm up again) if the model's features changed."""
         version, names, seq_len, rings = pickle.loads(state)
-        self._rings = {}
+        self._rings = self._new_rings(self.model)
         if list(names) != self.model.feature_names or seq_len != self.model.seq_len:
             log.warning(
                 "recovered state was built for model %s with other features: warming up again",
                 version,
             )
             return
-        for sid, (rows, count, pos) in rings.items():
-            ring = _Ring(seq_len, len(names))
-            ring.rows, ring.count, ring.pos = rows.copy(), count, pos
-            self._rings[sid] = ring
+        if isinstance(rings, dict):  # written before rings became tables: {sid: (rows, count, pos)}
+            ids = list(rings)
+            rings = (ids, {
+                "seq": np.array([rings[s][0] for s in ids], np.float32).reshape(
+                    len(ids), seq_len, len(names)),
+                "count": np.array([rings[s][1] for s in ids], np.int64),
+                "pos": np.array([rings[s][2] for s in ids], np.int64),
+            })
+        self._rings.restore(*rings)
 
     def forget(self, sensor_id: str) -> None:
         """Drop a sensor's ring."""
-        self._rings.pop(sensor_id, None)
+        self._rings.drop(sensor_id)

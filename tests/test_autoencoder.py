@@ -159,3 +159,35 @@ def test_per_sensor_state_is_small(registry):
     det.score_and_learn(_windows(sensors=50, minutes=20))
     per_sensor = len(det.snapshot()) / 50
     assert per_sensor < 1.5 * 1024  # seq_len 10 x 24 float32 features + overhead
+
+
+def test_a_snapshot_in_the_older_per_sensor_ring_format_restores_the_same_state(registry):
+    """Recovery stores written before rings became tables still resume exactly."""
+    import pickle
+
+    wins = _windows(minutes=40)
+    half = len(wins) // 2
+    det = AutoencoderDetector(registry)
+    det.score_and_learn(wins[:half])
+    version, names, seq_len, (ids, tables) = pickle.loads(det.snapshot())
+    older = {
+        sid: (tables["seq"][j], int(tables["count"][j]), int(tables["pos"][j]))
+        for j, sid in enumerate(ids)
+    }
+    det2 = AutoencoderDetector(registry)
+    det2.restore(pickle.dumps((version, names, seq_len, older)))
+    assert det2.score_and_learn(wins[half:]) == det.score_and_learn(wins[half:])
+
+
+def test_a_forgotten_sensor_warms_up_again_while_the_others_keep_scoring(registry):
+    wins = _windows(sensors=2, minutes=30)
+    det = AutoencoderDetector(registry)
+    det.score_and_learn(wins)
+    det.forget("sim-0000")
+    again = _windows(sensors=2, minutes=8)
+    later = det.score_and_learn(again)
+    by_sensor: dict[str, list[bool]] = {}
+    for (sid, _), v in zip(again, later, strict=True):
+        by_sensor.setdefault(sid, []).append(v.warming_up)
+    assert by_sensor["sim-0000"] and all(by_sensor["sim-0000"])
+    assert by_sensor["sim-0001"] and not any(by_sensor["sim-0001"])
