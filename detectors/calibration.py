@@ -75,9 +75,11 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
+from detectors._rows import SensorRows
+
 __all__ = ["Calibrator", "combine", "log_likelihood"]
 
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2  # 1: one (count, pos, ring bytes) entry per sensor
 _REL_SCALE_FLOOR = 1e-3
 _CHUNK_ELEMENTS = 1 << 21  # bounds the (rows, scores, history) temporaries to ~16 MiB
 
@@ -142,31 +144,6 @@ def combine(
     return out
 
 
-class _Sensor:
-    __slots__ = ("count", "pos", "ring")
-
-    def __init__(self, size: int) -> None:
-        self.ring = np.full(size, np.nan, dtype=np.float32)
-        self.count = 0  # scores ever learned
-        self.pos = 0  # next slot to write; the oldest score once the ring is full
-
-    def learn(self, values: npt.NDArray[np.float32]) -> None:
-        size = self.ring.size
-        if values.size >= size:
-            self.ring[:] = values[-size:]
-            self.pos = 0
-        else:
-            end = self.pos + values.size
-            if end <= size:
-                self.ring[self.pos : end] = values
-            else:
-                cut = size - self.pos
-                self.ring[self.pos :] = values[:cut]
-                self.ring[: end - size] = values[cut:]
-            self.pos = end % size
-        self.count += int(values.size)
-
-
 class Calibrator:
     """Turns each sensor's raw detector scores into likelihoods in [0, 1] (module docstring)."""
 
@@ -195,10 +172,16 @@ class Calibrator:
         self.warmup_value = warmup_value
         self.tail_quantile = tail_quantile
         self.tail_shape = tail_shape
-        self._sensors: dict[str, _Sensor] = {}
+        # per sensor: the ring of raw scores, scores ever learned, next slot to write (the
+        # oldest score once the ring is full)
+        self._rows = SensorRows({
+            "ring": ((history,), np.float32, np.nan),
+            "count": ((), np.int64, 0),
+            "pos": ((), np.int64, 0),
+        })
 
     def __len__(self) -> int:
-        return len(self._sensors)
+        return len(self._rows)
 
     def update(
         self,
@@ -228,21 +211,20 @@ class Calibrator:
         for i, sid in enumerate(sensor_ids):
             if not skip[i]:
                 positions.setdefault(sid, []).append(i)
-        by_length: dict[int, list[tuple[_Sensor, list[int]]]] = {}
+        by_length: dict[int, list[tuple[str, list[int]]]] = {}
         for sid, pos in positions.items():
-            s = self._sensors.get(sid)
-            if s is None:
-                s = self._sensors[sid] = _Sensor(self.history)
-            by_length.setdefault(len(pos), []).append((s, pos))
+            by_length.setdefault(len(pos), []).append((sid, pos))
         for t, members in by_length.items():
-            for r0 in range(0, len(members), max(1, _CHUNK_ELEMENTS // (self.history * t))):
-                part = members[r0 : r0 + max(1, _CHUNK_ELEMENTS // (self.history * t))]
+            step = max(1, _CHUNK_ELEMENTS // (self.history * t))
+            for r0 in range(0, len(members), step):
+                part = members[r0 : r0 + step]
                 idx = np.array([p for _, p in part])  # (R, T)
                 new = x32[idx]
-                counts = np.array([s.count for s, _ in part])
-                out[idx] = self._score(self._histories([s for s, _ in part]), counts, new)
-                for (s, _), row in zip(part, new, strict=True):
-                    s.learn(row)
+                rows = self._rows.rows([sid for sid, _ in part])
+                counts = self._rows["count"][rows]
+                out[idx] = self._score(self._histories(rows), counts, new)
+                for j in range(t):
+                    self._push(rows, new[:, j])
         return out
 
     def score(
@@ -267,18 +249,15 @@ class Calibrator:
         if warming is not None:
             skip |= np.asarray(warming, dtype=bool).reshape(-1)
         out = np.full(x.size, self.warmup_value, dtype=np.float64)
-        known = [
-            (i, s) for i, sid in enumerate(sensor_ids)
-            if not skip[i] and (s := self._sensors.get(sid)) is not None
-        ]
+        rows = self._rows.known(sensor_ids)
+        idx = np.flatnonzero(~skip & (rows >= 0))
         step = max(1, _CHUNK_ELEMENTS // self.history)
-        for r0 in range(0, len(known), step):
-            part = known[r0 : r0 + step]
-            idx = np.array([i for i, _ in part])
-            sensors = [s for _, s in part]
-            counts = np.array([s.count for s in sensors])
-            new = x[idx].astype(np.float32)[:, None]
-            out[idx] = self._score(self._histories(sensors), counts, new)[:, 0]
+        for r0 in range(0, idx.size, step):
+            part = idx[r0 : r0 + step]
+            counts = self._rows["count"][rows[part]]
+            new = x[part].astype(np.float32)[:, None]
+            hist = self._histories(rows[part], ordered=self.short > 1)
+            out[part] = self._score(hist, counts, new)[:, 0]
         return out
 
     def learn(
@@ -295,36 +274,59 @@ class Calibrator:
         if mask is not None:
             keep &= np.asarray(mask, dtype=bool).reshape(-1)
         x32 = x.astype(np.float32)
-        for i in np.flatnonzero(keep).tolist():
-            sid = sensor_ids[i]
-            s = self._sensors.get(sid)
-            if s is None:
-                s = self._sensors[sid] = _Sensor(self.history)
-            s.learn(x32[i : i + 1])
+        chosen = np.flatnonzero(keep)
+        ids = [sensor_ids[i] for i in chosen.tolist()]
+        if len(set(ids)) == len(ids):
+            self._push(self._rows.rows(ids), x32[chosen])
+        else:  # a sensor more than once: its scores go in one after the other
+            for sid, i in zip(ids, chosen.tolist(), strict=True):
+                self._push(self._rows.rows([sid]), x32[i : i + 1])
+
+    def _push(self, rows: npt.NDArray[np.intp], values: npt.NDArray[np.float32]) -> None:
+        """Write one score into each (distinct) row's ring."""
+        pos = self._rows["pos"]
+        at = pos[rows]
+        self._rows["ring"][rows, at] = values
+        pos[rows] = (at + 1) % self.history
+        self._rows["count"][rows] += 1
 
     def seen(self, sensor_id: str) -> int:
         """How many raw scores of this sensor were learned (0 for an unknown sensor)."""
-        s = self._sensors.get(sensor_id)
-        return 0 if s is None else s.count
+        row = self._rows.get(sensor_id)
+        return 0 if row is None else int(self._rows["count"][row])
 
-    def _histories(self, sensors: list[_Sensor]) -> npt.NDArray[np.float64]:
-        """(R, N) histories oldest → newest, NaN-padded at the front while not yet full."""
-        rings = np.stack([s.ring for s in sensors])
-        start = np.array([s.pos for s in sensors])[:, None]
+    def counts(self, sensor_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """:meth:`seen` for many sensors at once."""
+        rows = self._rows.known(sensor_ids)
+        return np.where(rows >= 0, self._rows["count"][rows], 0)
+
+    def _histories(
+        self, rows: npt.NDArray[np.intp], ordered: bool = True
+    ) -> npt.NDArray[np.float32]:
+        """(R, N) histories oldest → newest, NaN-padded at the front while not yet full.
+
+        ``ordered=False`` returns the rings as stored: enough when one score per sensor is
+        ranked without averaging (``short`` 1), which only needs the history as a set.
+        """
+        rings = self._rows["ring"][rows]
+        if not ordered:
+            return rings
+        start = self._rows["pos"][rows][:, None]
         order = (start + np.arange(self.history)[None, :]) % self.history
-        return np.take_along_axis(rings, order, axis=1).astype(np.float64)
+        return np.take_along_axis(rings, order, axis=1)
 
     def _score(
         self,
-        hist: npt.NDArray[np.float64],
+        hist: npt.NDArray[np.float32],
         counts: npt.NDArray[np.int64],
         new: npt.NDArray[np.float32],
     ) -> npt.NDArray[np.float64]:
         """Likelihoods for R sensors × T new scores each; ``hist`` is (R, N) oldest first."""
         n, k = self.history, self.short
         r, t = new.shape
-        seq = np.concatenate([hist, new.astype(np.float64)], axis=1)  # (R, N + T)
-        ma = sliding_window_view(seq, k, axis=1).mean(axis=-1)  # ends at seq index i+k-1
+        seq = np.concatenate([hist, new], axis=1, dtype=np.float64)  # (R, N + T)
+        # moving averages ending at seq index i+k-1 (k = 1: the scores themselves)
+        ma = seq if k == 1 else sliding_window_view(seq, k, axis=1).mean(axis=-1)
         width = n - k + 1  # moving averages that lie wholly inside the N-score history
         tail = np.empty((r, t))
         step = max(1, _CHUNK_ELEMENTS // max(1, r * width))
@@ -341,13 +343,21 @@ class Calibrator:
     ) -> npt.NDArray[np.float64]:
         """``Q = P(M ≥ m)``: empirical mid-rank below the q-quantile, Pareto tail above it."""
         cnt = (~np.isnan(win)).sum(axis=-1)
-        ordered = np.sort(win, axis=-1)  # NaN (history not yet full) sorts last
         pos = self.tail_quantile * np.maximum(cnt - 1, 0)
         lo = np.floor(pos).astype(np.int64)
         hi = np.minimum(lo + 1, np.maximum(cnt - 1, 0))
         frac = pos - lo
-        u = (np.take_along_axis(ordered, lo[..., None], -1)[..., 0] * (1.0 - frac)
-             + np.take_along_axis(ordered, hi[..., None], -1)[..., 0] * frac)
+        width = win.shape[-1]
+        if cnt.size and bool((cnt == width).all()):
+            # Every history full (the steady state): only the two order statistics around
+            # the quantile are needed, and a partition finds them in O(N), not O(N log N).
+            lo0, hi0 = int(lo.flat[0]), int(hi.flat[0])
+            part = np.partition(win, sorted({lo0, hi0}), axis=-1)
+            u = part[..., lo0] * (1.0 - frac) + part[..., hi0] * frac
+        else:
+            ordered = np.sort(win, axis=-1)  # NaN (history not yet full) sorts last
+            u = (np.take_along_axis(ordered, lo[..., None], -1)[..., 0] * (1.0 - frac)
+                 + np.take_along_axis(ordered, hi[..., None], -1)[..., 0] * frac)
         with np.errstate(invalid="ignore"):
             over = win > u[..., None]  # NaN compares False
             above = (win > m[..., None]).sum(axis=-1)
@@ -364,36 +374,39 @@ class Calibrator:
 
     def forget(self, sensor_id: str) -> None:
         """Drop a sensor's history (it warms up again if it comes back)."""
-        self._sensors.pop(sensor_id, None)
+        self._rows.drop(sensor_id)
 
     def state_bytes(self, sensor_id: str) -> int:
         """Payload bytes one sensor's state takes: the ring plus two counters."""
-        s = self._sensors[sensor_id]
-        return s.ring.nbytes + 16
+        if self._rows.get(sensor_id) is None:
+            raise KeyError(sensor_id)
+        return self.history * 4 + 16
 
     def snapshot(self) -> bytes:
         """Every sensor's ring and counters, with the parameters they were built under."""
-        sensors = {
-            sid: (s.count, s.pos, s.ring.tobytes()) for sid, s in self._sensors.items()
-        }
         params = (
             self.history, self.short, self.warmup, self.warmup_value, self.tail_quantile,
             self.tail_shape,
         )
-        return pickle.dumps((_SNAPSHOT_VERSION, params, sensors), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(
+            (_SNAPSHOT_VERSION, params, self._rows.snapshot()), protocol=pickle.HIGHEST_PROTOCOL
+        )
 
     def restore(self, state: bytes) -> None:
         """Replace all state with a ``snapshot()``; refuses one taken with another history."""
         version, params, sensors = pickle.loads(state)
-        if version != _SNAPSHOT_VERSION:
+        if version not in (1, _SNAPSHOT_VERSION):
             raise ValueError(f"calibration snapshot version {version} is not supported")
         if params[0] != self.history:
             raise ValueError(
                 f"snapshot has history {params[0]}, this calibrator {self.history}"
             )
-        self._sensors = {}
-        for sid, (count, pos, ring) in sensors.items():
-            s = _Sensor(self.history)
-            s.ring = np.frombuffer(ring, dtype=np.float32).copy()
-            s.count, s.pos = int(count), int(pos)
-            self._sensors[sid] = s
+        if version == 1:  # {sensor id: (count, pos, ring bytes)}
+            ids = list(sensors)
+            sensors = (ids, {
+                "count": np.array([sensors[s][0] for s in ids], np.int64),
+                "pos": np.array([sensors[s][1] for s in ids], np.int64),
+                "ring": np.frombuffer(b"".join(sensors[s][2] for s in ids), np.float32)
+                .reshape(len(ids), self.history),
+            })
+        self._rows.restore(*sensors)

@@ -127,7 +127,7 @@ class Ensemble:
             sur = np.full(raw.shape, np.nan)
             for k, name in enumerate(names):
                 for cal, into in ((self.calibrators[name], lik), (self.surprise[name], sur)):
-                    ready = ~warm[k] & np.array([cal.seen(s) >= c.warmup for s in sids])
+                    ready = ~warm[k] & (cal.counts(sids) >= c.warmup)
                     into[k, ready] = cal.score(sids, raw[k], warm[k])[ready]
             combined = combine(lik)
             surprise = combine(sur)

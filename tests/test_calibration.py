@@ -34,7 +34,7 @@ def test_warmup_value_until_enough_history_and_warming_entries_are_not_learned()
     assert np.all(out[:6] == 0.5)
     assert np.all(out[6 : 6 + 12] == 0.5)  # then 12 real scores of warm-up
     assert np.all(out[18:] != 0.5)
-    snap_count = cal._sensors["a"].count
+    snap_count = cal.seen("a")
     assert snap_count == 24  # the six placeholders never entered the history
 
 
