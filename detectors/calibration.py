@@ -298,7 +298,10 @@ class Calibrator:
     def counts(self, sensor_ids: Sequence[str]) -> npt.NDArray[np.int64]:
         """:meth:`seen` for many sensors at once."""
         rows = self._rows.known(sensor_ids)
-        return np.where(rows >= 0, self._rows["count"][rows], 0)
+        out = np.zeros(rows.size, dtype=np.int64)
+        known = rows >= 0
+        out[known] = self._rows["count"][rows[known]]
+        return out
 
     def _histories(
         self, rows: npt.NDArray[np.intp], ordered: bool = True

@@ -191,3 +191,10 @@ def test_log_scale() -> None:
     lg = log_likelihood([0.0, 0.5, 0.99999, 1.0])
     assert lg[0] == 0.0 and lg[1] < 0.05 and abs(lg[2] - 0.5) < 1e-3 and lg[3] > 0.999999
     assert np.all(np.diff(log_likelihood(np.linspace(0, 1, 101))) >= 0)
+
+
+def test_counts_of_unknown_sensors_are_zero_even_before_any_sensor_was_seen() -> None:
+    cal = Calibrator(history=50, short=1, warmup=10)
+    assert cal.counts(["a", "b"]).tolist() == [0, 0]
+    cal.learn(["a"], [1.0])
+    assert cal.counts(["b", "a"]).tolist() == [0, 1]
