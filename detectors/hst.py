@@ -88,10 +88,15 @@ Design choices (and why)
   forest's threshold at its own 99th percentile of anomaly-free scores narrowed that to F1
   0.68-0.75, FAR 6.4-10.1 % (a job for the calibration step, not done here).
 * **Vectorised**: gathering, standardising, squashing, learning and contributors are numpy
-  calls over a batch (in rounds when a sensor has several windows in one batch); only the
-  HST ``score_one``/``learn_one`` calls are per window. The forest sees windows round by
-  round (each sensor's first window in batch order, then each second ...), so the outcome
-  depends only on the sequence of batches, which is what recovery replays.
+  calls over a batch (in rounds when a sensor has several windows in one batch). The forest
+  is River's ``HalfSpaceTrees`` (River draws the trees and the pickled River object is what
+  a snapshot keeps), walked through a compiled array copy of its trees (``_Walker``): the
+  windows up to River's next reference-window pivot are scored in one call and learned in
+  one call, bit-identical to River's ``score_one``/``learn_one`` one window at a time (a
+  test holds it), at 10 µs instead of 28 µs per window for the whole detector (60 windows a
+  call). The forest sees windows round by round (each sensor's first window in batch order,
+  then each second ...), so the outcome depends only on the sequence of batches, which is
+  what recovery replays.
 """
 
 from __future__ import annotations
@@ -129,6 +134,7 @@ class _Group:
     meta: np.ndarray  # (capacity, 3) int64: windows learned, last end_ms, anomalous since
     size: int = 0  # rows handed out so far (high-water mark)
     free: list[int] = field(default_factory=list)  # rows of forgotten sensors
+    walker: _Walker | None = None  # the forest compiled, once River has built its trees
     metrics: list[str] = field(init=False)
     starts: np.ndarray = field(init=False)  # first column of each metric, for reduceat
 
@@ -168,6 +174,85 @@ class _Group:
         self.mean[rows] = 0.0
         self.dev[rows] = 0.0
         self.meta[rows] = (0, 0, _NOT_ANOMALOUS)
+
+
+class _Walker:
+    """River's trees as arrays, so a batch of windows walks every tree in a few numpy calls.
+
+    River builds the forest (its random splits, from its seed) and the ``HalfSpaceTrees``
+    object stays the persisted model; this is a compiled view of it. Masses live here while
+    the detector runs and are written back into River's nodes by :meth:`sync` before a
+    snapshot. River's trees are complete binary trees, numbered here breadth-first (the
+    children of node ``i`` are ``2i+1`` and ``2i+2``). Scores are bit-identical to River's
+    ``score_one``: they are sums of integer masses times powers of two, exact in float64 in
+    any order (tests/test_hst.py checks it against River on random data).
+    """
+
+    def __init__(self, forest: HalfSpaceTrees) -> None:
+        self.forest = forest
+        self.height = h = forest.height
+        branches = 2**h - 1
+        self.nodes: list[list] = []
+        trees = len(forest.trees)
+        self.feature = np.zeros((trees, branches), dtype=np.intp)
+        self.threshold = np.zeros((trees, branches))
+        self.l_mass = np.zeros((trees, 2 * branches + 1), dtype=np.int64)
+        self.r_mass = np.zeros_like(self.l_mass)
+        for t, root in enumerate(forest.trees):
+            order = [root]
+            for i in range(branches):  # breadth first: node i's children land at 2i+1, 2i+2
+                node = order[i]
+                order.extend(node.children)
+                self.feature[t, i] = node.feature
+                self.threshold[t, i] = node.threshold
+            self.nodes.append(order)
+            self.l_mass[t] = [n.l_mass for n in order]
+            self.r_mass[t] = [n.r_mass for n in order]
+        self._trees = np.arange(trees)[:, None]
+        self._max_score = float(forest._max_score)
+        self._size_limit = 0.1 * forest.window_size
+
+    def _paths(self, x: np.ndarray) -> list[np.ndarray]:
+        """Node index at each depth 0..height for every (tree, row of ``x``)."""
+        idx = np.zeros((len(self.nodes), x.shape[0]), dtype=np.intp)
+        cols = np.arange(x.shape[0])[None, :]
+        paths = [idx]
+        for _ in range(self.height):
+            value = x[cols, self.feature[self._trees, idx]]
+            idx = 2 * idx + 1 + ~(value < self.threshold[self._trees, idx])
+            paths.append(idx)
+        return paths
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """River's ``score_one`` for every row of ``x`` (columns = forest dimensions)."""
+        total = np.zeros(x.shape[0])
+        active = np.ones((len(self.nodes), x.shape[0]), dtype=bool)
+        for depth, idx in enumerate(self._paths(x)):
+            r = self.r_mass[self._trees, idx]
+            total += np.where(active, r << depth, 0).sum(axis=0)
+            active &= r >= self._size_limit
+        return 1.0 - total / self._max_score
+
+    def learn(self, x: np.ndarray) -> None:
+        """River's ``learn_one`` for every row of ``x``; the caller keeps to one pivot."""
+        size = self.l_mass.shape[1]
+        flat = np.concatenate([(idx + self._trees * size).ravel() for idx in self._paths(x)])
+        self.l_mass += np.bincount(flat, minlength=self.l_mass.size).reshape(self.l_mass.shape)
+        f = self.forest
+        f.counter += x.shape[0]
+        if f.counter == f.window_size:  # River's pivot: the latest window becomes reference
+            self.r_mass = self.l_mass
+            self.l_mass = np.zeros_like(self.r_mass)
+            f._first_window = False
+            f.counter = 0
+
+    def sync(self) -> None:
+        """Write the masses back into River's node objects (before pickling the forest)."""
+        for nodes, lm, rm in zip(self.nodes, self.l_mass.tolist(), self.r_mass.tolist(),
+                                 strict=True):
+            for node, lv, rv in zip(nodes, lm, rm, strict=True):
+                node.l_mass = lv
+                node.r_mass = rv
 
 
 class HalfSpaceTreesDetector:
@@ -280,30 +365,16 @@ class HalfSpaceTreesDetector:
         z = np.clip(resid / scale, -_Z_CAP, _Z_CAP)
         per_metric = np.maximum.reduceat(np.abs(z), g.starts, axis=1)  # (G, M)
         u_arr = np.tanh(per_metric / self.squash)
-        u = u_arr.tolist()
         umax = u_arr.max(axis=1).tolist() if u_arr.shape[1] else [0.0] * len(pos)
         # What the forest learns from an anomalous window: its deviations cut back to `clip`
-        u_edge = np.tanh(np.minimum(per_metric, self.clip) / self.squash).tolist()
+        u_edge = np.tanh(np.minimum(per_metric, self.clip) / self.squash)
 
         ready = n >= self.warmup
         warming = ~ready
         anomalous = np.zeros(len(pos), dtype=bool)
-        scores = [0.0] * len(pos)
-        forest = g.forest
-        dims = range(len(g.metrics))
-        for j in np.flatnonzero(ready).tolist():
-            xu = dict(zip(dims, u[j], strict=True))
-            if forest._first_window:  # no reference mass yet: learn, don't judge
-                warming[j] = True
-                forest.learn_one(xu)
-                continue
-            s = float(forest.score_one(xu))
-            scores[j] = s
-            if s >= self.threshold:
-                anomalous[j] = True
-                if self.hold_anomalies:
-                    xu = dict(zip(dims, u_edge[j], strict=True))
-            forest.learn_one(xu)
+        scores = np.zeros(len(pos))
+        self._walk_forest(g, np.flatnonzero(ready), u_arr, u_edge, scores, anomalous, warming)
+        scores = scores.tolist()
 
         self._learn(g, rows, span, mean, dev, n, scale, resid, z, missing, ready, anomalous)
 
@@ -317,6 +388,41 @@ class HalfSpaceTreesDetector:
                 top = [Contributor(metrics[k], round(float(pm[k]), 3)) for k in order[j]]
                 # tie-break HST's saturating mass score by how far the window deviates
                 verdicts[i] = Verdict(scores[j] + umax[j], bool(anomalous[j]), top)
+
+    def _walk_forest(
+        self, g: _Group, ready: np.ndarray, u: np.ndarray, u_edge: np.ndarray,
+        scores: np.ndarray, anomalous: np.ndarray, warming: np.ndarray,
+    ) -> None:
+        """Score then learn the ready windows, in order, exactly as one River call each.
+
+        River's scores depend only on the reference masses, which change only at a pivot
+        (every ``window_size`` learned windows), so the windows up to the next pivot are
+        scored together and then learned together.
+        """
+        forest = g.forest
+        k = 0
+        if ready.size and not forest.trees:  # River builds the trees on its first learn
+            j = int(ready[0])
+            warming[j] = True
+            forest.learn_one(dict(enumerate(u[j].tolist())))
+            k = 1
+        if ready.size > k and g.walker is None:
+            g.walker = _Walker(forest)
+        while k < ready.size:
+            seg = ready[k : k + forest.window_size - forest.counter]
+            k += seg.size
+            if forest._first_window:  # no reference mass yet: learn, don't judge
+                warming[seg] = True
+                g.walker.learn(u[seg])  # type: ignore[union-attr]
+                continue
+            s = g.walker.score(u[seg])  # type: ignore[union-attr]
+            scores[seg] = s
+            hit = s >= self.threshold
+            anomalous[seg] = hit
+            learn = u[seg]
+            if self.hold_anomalies and hit.any():
+                learn = np.where(hit[:, None], u_edge[seg], learn)
+            g.walker.learn(learn)  # type: ignore[union-attr]
 
     def _learn(
         self, g: _Group, rows: np.ndarray, span: np.ndarray, mean: np.ndarray, dev: np.ndarray,
@@ -353,6 +459,9 @@ class HalfSpaceTreesDetector:
     # -- state -------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Pickle of each feature set's forest and standardiser tables (used rows only)."""
+        for g in self._groups.values():
+            if g.walker is not None:
+                g.walker.sync()
         groups = [
             (g.keys, g.forest, g.mean[: g.size], g.dev[: g.size], g.meta[: g.size], g.free)
             for g in self._groups.values()

@@ -347,3 +347,38 @@ if __name__ == "__main__":
         print(f"seed {seed}: SKAB {row}  anomaly-free alarm rate {100 * rate:.2f} %, "
               f"score q50/q99 {np.quantile(scores, 0.5):.3f}/{np.quantile(scores, 0.99):.3f} "
               f"({time.perf_counter() - t0:.0f} s)")
+
+
+def test_the_compiled_forest_scores_and_learns_exactly_like_rivers_own_calls() -> None:
+    """Batched walks over River's trees give River's score_one/learn_one results, bit for bit,
+    across reference-window pivots, and write the same masses back into River's nodes."""
+    from river.anomaly import HalfSpaceTrees
+
+    from detectors.hst import _Walker
+
+    rng = np.random.default_rng(7)
+    points = rng.beta(0.5, 3.0, size=(300, 3))  # crowded near 0 like squashed deviations
+    river = HalfSpaceTrees(n_trees=5, height=4, window_size=16, seed=3)
+    ours = HalfSpaceTrees(n_trees=5, height=4, window_size=16, seed=3)
+    expected = []
+    for p in points:
+        x = dict(enumerate(p.tolist()))
+        expected.append(river.score_one(x))
+        river.learn_one(x)
+    ours.learn_one(dict(enumerate(points[0].tolist())))  # River builds the trees
+    walker = _Walker(ours)
+    got = [0.0]
+    k = 1
+    sizes = iter([1, 7, 3, 16, 5, 9] * 100)
+    while k < len(points):
+        chunk = points[k : k + min(next(sizes), ours.window_size - ours.counter)]
+        got += (walker.score(chunk).tolist() if not ours._first_window else [0.0] * len(chunk))
+        walker.learn(chunk)
+        k += len(chunk)
+    assert got == [float(s) for s in expected]
+    walker.sync()
+    for t_ours, t_river in zip(ours.trees, river.trees, strict=True):
+        ours_nodes, river_nodes = list(t_ours.iter_dfs()), list(t_river.iter_dfs())
+        assert [(n.l_mass, n.r_mass) for n in ours_nodes] == [
+            (n.l_mass, n.r_mass) for n in river_nodes
+        ]
