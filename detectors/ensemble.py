@@ -135,26 +135,30 @@ class Ensemble:
             for k, name in enumerate(names):
                 self.calibrators[name].learn(sids, raw[k], ~warm[k] & ~anomalous)
                 self.surprise[name].learn(sids, raw[k], ~warm[k])
+            opinion = ~np.isnan(lik)
+            has_any = opinion.any(axis=0).tolist()
+            best = np.argmax(np.where(opinion, lik, -np.inf), axis=0).tolist()
+            fired_at = (lik >= c.fired_likelihood).T.tolist()  # NaN compares False
+            lik_rows, raw_rows = lik.T.tolist(), raw.T.tolist()
+            comb, surp, anom = combined.tolist(), surprise.tolist(), anomalous.tolist()
             for r, i in enumerate(idx):
-                col = lik[:, r]
-                has = ~np.isnan(col)
-                if has.any():
-                    best = int(np.nanargmax(col))
+                if has_any[r]:
+                    b = best[r]
                     fired = tuple(
-                        n for n, x in zip(names, col, strict=True) if x >= c.fired_likelihood
-                    ) or ((names[best],) if anomalous[r] else ())
-                    contributors = verdicts[best][i].contributors
+                        n for n, f in zip(names, fired_at[r], strict=True) if f
+                    ) or ((names[b],) if anom[r] else ())
+                    contributors = verdicts[b][i].contributors
                 else:
                     fired, contributors = (), []
                 out[i] = Judgement(
-                    likelihood=float(combined[r]),
-                    surprise=float(surprise[r]),
-                    anomalous=bool(anomalous[r]),
-                    raw={n: float(raw[k, r]) for k, n in enumerate(names)},
-                    likelihoods={n: float(col[k]) for k, n in enumerate(names) if has[k]},
+                    likelihood=comb[r],
+                    surprise=surp[r],
+                    anomalous=anom[r],
+                    raw=dict(zip(names, raw_rows[r], strict=True)),
+                    likelihoods={n: x for n, x in zip(names, lik_rows[r], strict=True) if x == x},
                     contributors=contributors,
                     fired=fired,
-                    warming_up=not has.any(),
+                    warming_up=not has_any[r],
                 )
         return out  # type: ignore[return-value]
 
