@@ -198,3 +198,15 @@ def test_counts_of_unknown_sensors_are_zero_even_before_any_sensor_was_seen() ->
     assert cal.counts(["a", "b"]).tolist() == [0, 0]
     cal.learn(["a"], [1.0])
     assert cal.counts(["b", "a"]).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 7, 8, 12])
+def test_moving_averages_equal_numpys_sliding_mean_bit_for_bit(k: int) -> None:
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from detectors.calibration import _moving_average
+
+    x = np.random.default_rng(k).standard_cauchy((40, 120))
+    x[0, :7] = np.nan  # histories not yet full
+    expected = sliding_window_view(x, k, axis=1).mean(axis=-1)
+    assert np.array_equal(_moving_average(x, k), expected, equal_nan=True)
