@@ -36,7 +36,9 @@ calibrated with ``detectors.calibration.Calibrator`` k = 1, NAB-style standard p
   level less) scored lower in 13 of 27 grid points and higher in 14; left out for simplicity.
 
 State: per sensor ``buckets × metrics`` float32 levels plus a float64 deviation per metric and
-a counter: 800 bytes for 4 metrics at 48 buckets, independent of how long it has run.
+a counter: 800 bytes for 4 metrics at 48 buckets, independent of how long it has run. Sensors
+with the same metrics are rows of one set of tables (``detectors._rows``), so a round of
+windows is scored and learned with a few numpy calls.
 """
 
 from __future__ import annotations
@@ -45,22 +47,13 @@ import pickle
 
 import numpy as np
 
+from detectors._rows import SensorRows
 from detectors.base import Verdict, sensor_rounds
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
 DEFAULT_THRESHOLD = 6.0
-_SNAPSHOT_VERSION = 1
-
-
-class _Profile:
-    __slots__ = ("count", "dev", "keys", "level")
-
-    def __init__(self, keys: tuple[str, ...], buckets: int) -> None:
-        self.keys = keys  # "<metric>.last", sorted
-        self.level = np.full((buckets, len(keys)), np.nan, dtype=np.float32)
-        self.dev = np.full(len(keys), np.nan)
-        self.count = 0
+_SNAPSHOT_VERSION = 2  # 1: one (keys, level, dev, count) entry per sensor
 
 
 class SeasonalProfile:
@@ -93,7 +86,20 @@ class SeasonalProfile:
         self.dev_rate = dev_rate
         self.warmup = warmup
         self.rel_floor = rel_floor
-        self._sensors: dict[str, _Profile] = {}
+        # one table per feature set ("<metric>.last" keys, sorted), and each sensor's set
+        self._groups: dict[tuple[str, ...], SensorRows] = {}
+        self._keys: dict[str, tuple[str, ...]] = {}
+
+    def _table(self, keys: tuple[str, ...]) -> SensorRows:
+        """Per sensor: float32 level per phase and metric, deviation per metric, a counter."""
+        table = self._groups.get(keys)
+        if table is None:
+            table = self._groups[keys] = SensorRows({
+                "level": ((self.buckets, len(keys)), np.float32, np.nan),
+                "dev": ((len(keys),), np.float64, np.nan),
+                "count": ((), np.int64, 0),
+            })
+        return table
 
     def phase(self, end_ms: int) -> int:
         """Phase bucket of the window's newest pane (the pane ends at ``end_ms``)."""
@@ -103,46 +109,48 @@ class SeasonalProfile:
         """Score then learn each window; windows of one sensor are taken in order."""
         verdicts: list[Verdict | None] = [None] * len(batch)
         for indices in sensor_rounds(batch):
-            groups: dict[tuple[str, ...], list[tuple[int, _Profile]]] = {}
+            groups: dict[tuple[str, ...], list[int]] = {}
             for i in indices:
                 sid, window = batch[i]
-                p = self._profile(sid, window)
-                groups.setdefault(p.keys, []).append((i, p))
+                keys = self._keys.get(sid)
+                if keys is None:
+                    keys = self._keys[sid] = tuple(
+                        sorted(k for k in window.features if k.endswith(".last"))
+                    )
+                groups.setdefault(keys, []).append(i)
             for keys, members in groups.items():
                 self._score_group(keys, members, batch, verdicts)
         return verdicts  # type: ignore[return-value]
 
-    def _profile(self, sid: str, window: ClosedWindow) -> _Profile:
-        p = self._sensors.get(sid)
-        if p is None:
-            keys = tuple(sorted(k for k in window.features if k.endswith(".last")))
-            p = self._sensors[sid] = _Profile(keys, self.buckets)
-        return p
-
     def _score_group(
-        self, keys: tuple[str, ...], members: list[tuple[int, _Profile]],
+        self, keys: tuple[str, ...], members: list[int],
         batch: list[tuple[str, ClosedWindow]], verdicts: list[Verdict | None],
     ) -> None:
         if not keys:
-            for i, _ in members:
+            for i in members:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
             return
-        x = np.array([[batch[i][1].features.get(k, np.nan) for k in keys] for i, _ in members])
-        phase = [self.phase(batch[i][1].end_ms) for i, _ in members]
-        level = np.stack([p.level[b] for (_, p), b in zip(members, phase, strict=True)])
-        level = level.astype(np.float64)
-        dev = np.stack([p.dev for _, p in members])
-        count = np.array([p.count for _, p in members])
+        table = self._table(keys)
+        rows = table.rows([batch[i][0] for i in members])
+        nan = float("nan")
+        x = np.array(
+            [[batch[i][1].features.get(k, nan) for k in keys] for i in members], dtype=np.float64
+        ).reshape(len(members), len(keys))
+        end = np.fromiter((batch[i][1].end_ms for i in members), np.int64, len(members))
+        phase = ((end - 1) % self.period_ms) * self.buckets // self.period_ms
+        level = table["level"][rows, phase].astype(np.float64)
+        dev = table["dev"][rows]
+        count = table["count"][rows]
         resid = x - level  # NaN where the value is missing or the phase has no level yet
         known = np.isfinite(resid)
         scale = np.where(np.isnan(dev), np.abs(resid), dev)
         scale = scale + self.rel_floor * np.abs(np.nan_to_num(level)) + 1e-12
         z = np.where(known, np.abs(np.nan_to_num(resid)) / scale, 0.0)
-        warming = (count < self.warmup) | ~known.any(axis=1)
+        warming = ((count < self.warmup) | ~known.any(axis=1)).tolist()
         order = np.argsort(-z, axis=1, kind="stable")[:, :3].tolist()
         metrics = [k[: -len(".last")] for k in keys]
         zl = z.tolist()
-        for j, (i, _) in enumerate(members):
+        for j, i in enumerate(members):
             if warming[j]:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
                 continue
@@ -156,40 +164,57 @@ class SeasonalProfile:
         has_x = np.isfinite(x)
         new_level = np.where(known, level + self.alpha * np.nan_to_num(resid), level)
         new_level = np.where(has_x & ~known, x, new_level)  # first visit of this phase
-        for j, (_, p) in enumerate(members):
-            p.level[phase[j]] = new_level[j]
-            p.dev = new_dev[j]
-            p.count += 1
+        table["level"][rows, phase] = new_level
+        table["dev"][rows] = new_dev
+        table["count"][rows] += 1
 
     def state_bytes(self, sensor_id: str) -> int:
         """Payload bytes of one sensor: levels, deviations and the counter."""
-        p = self._sensors[sensor_id]
-        return p.level.nbytes + p.dev.nbytes + 8
+        keys = self._keys[sensor_id]
+        return self.buckets * len(keys) * 4 + len(keys) * 8 + 8
 
     def snapshot(self) -> bytes:
-        """Pickle of each sensor's arrays (numpy arrays pickle as raw bytes)."""
+        """Each feature set's table rows (numpy arrays pickle as raw bytes)."""
         params = (self.period_ms, self.buckets)
-        sensors = {s: (p.keys, p.level, p.dev, p.count) for s, p in self._sensors.items()}
+        groups = [(keys, *table.snapshot()) for keys, table in self._groups.items()]
         return pickle.dumps(
-            (_SNAPSHOT_VERSION, params, sensors), protocol=pickle.HIGHEST_PROTOCOL
+            (_SNAPSHOT_VERSION, params, groups), protocol=pickle.HIGHEST_PROTOCOL
         )
 
     def restore(self, state: bytes) -> None:
         """Load ``snapshot()``; refuses one taken with another period or bucket count."""
-        version, params, sensors = pickle.loads(state)
-        if version != _SNAPSHOT_VERSION:
+        version, params, groups = pickle.loads(state)
+        if version not in (1, _SNAPSHOT_VERSION):
             raise ValueError(f"seasonal snapshot version {version} is not supported")
         if tuple(params) != (self.period_ms, self.buckets):
             raise ValueError(
                 f"snapshot has period {params[0]} ms / {params[1]} buckets, this detector "
                 f"{self.period_ms} ms / {self.buckets}"
             )
-        self._sensors = {}
-        for sid, (keys, level, dev, count) in sensors.items():
-            p = _Profile(tuple(keys), self.buckets)
-            p.level, p.dev, p.count = level.copy(), dev.copy(), int(count)
-            self._sensors[sid] = p
+        if version == 1:  # {sensor id: (keys, level, dev, count)}
+            by_keys: dict[tuple[str, ...], list[str]] = {}
+            for sid, entry in groups.items():
+                by_keys.setdefault(tuple(entry[0]), []).append(sid)
+            groups = [
+                (keys, ids, {
+                    "level": np.array([groups[s][1] for s in ids], np.float32)
+                    .reshape(len(ids), self.buckets, len(keys)),
+                    "dev": np.array([groups[s][2] for s in ids], np.float64)
+                    .reshape(len(ids), len(keys)),
+                    "count": np.array([groups[s][3] for s in ids], np.int64),
+                })
+                for keys, ids in by_keys.items()
+            ]
+        self._groups, self._keys = {}, {}
+        for keys, ids, tables in groups:
+            keys = tuple(keys)
+            self._table(keys).restore(ids, tables)
+            self._keys.update(dict.fromkeys(ids, keys))
 
     def forget(self, sensor_id: str) -> None:
         """Drop a sensor's profile."""
-        self._sensors.pop(sensor_id, None)
+        keys = self._keys.pop(sensor_id, None)
+        if keys is not None:
+            table = self._groups.get(keys)
+            if table is not None:
+                table.drop(sensor_id)

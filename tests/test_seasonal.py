@@ -130,3 +130,24 @@ def test_per_sensor_state_is_under_a_kilobyte_for_four_metrics() -> None:
     det = SeasonalProfile()
     det.score_and_learn([("s", _window(0, {m: 1.0 for m in "abcd"}))])
     assert det.state_bytes("s") <= 1024
+
+
+def test_a_snapshot_in_the_older_per_sensor_format_restores_the_same_state() -> None:
+    """Recovery stores written before profiles became tables still resume exactly."""
+    import pickle
+
+    rng = np.random.default_rng(9)
+    det = SeasonalProfile(buckets=24)
+    for i in range(200):
+        det.score_and_learn([("a", _window(i, {"x": _daily(i, rng)})),
+                             ("b", _window(i, {"x": _daily(i, rng), "y": 2.0}))])
+    _, params, groups = pickle.loads(det.snapshot())
+    older = {
+        sid: (keys, tables["level"][j], tables["dev"][j], int(tables["count"][j]))
+        for keys, ids, tables in groups for j, sid in enumerate(ids)
+    }
+    copy = SeasonalProfile(buckets=24)
+    copy.restore(pickle.dumps((1, params, older)))
+    later = [[("a", _window(i, {"x": 5.0})), ("b", _window(i, {"x": 1.0, "y": 2.0}))]
+             for i in range(200, 260)]
+    assert [copy.score_and_learn(b) for b in later] == [det.score_and_learn(b) for b in later]
