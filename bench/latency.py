@@ -308,6 +308,8 @@ def _flow_env(bootstrap: str, topics: dict[str, str], args: argparse.Namespace) 
         env["VIGIL_DETECTORS"] = args.detectors
     if args.poll_ms is not None:
         env["VIGIL_CONSUMER_POLL_MS"] = str(args.poll_ms)
+    if args.shards is not None:
+        env["VIGIL_STATE_SHARDS"] = str(args.shards)
     return env
 
 
@@ -316,9 +318,10 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
     """Start the flow and the consumer, produce every step, drain, and analyse."""
     from confluent_kafka import Producer
 
-    settings = Settings.from_env(
-        {} if args.poll_ms is None else {"VIGIL_CONSUMER_POLL_MS": str(args.poll_ms)}
-    )
+    settings = Settings.from_env({
+        k: str(v) for k, v in (("VIGIL_CONSUMER_POLL_MS", args.poll_ms),
+                               ("VIGIL_STATE_SHARDS", args.shards)) if v is not None
+    })
     lateness_ms = round(settings.allowed_lateness.total_seconds() * 1000)
     fleet = Fleet(args.sensors, metric_names(args.metrics), args.seed,
                   interval=parse_duration(args.interval), anomaly_rate=args.anomaly_rate)
@@ -398,6 +401,7 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
             "allowed_lateness": str(settings.allowed_lateness),
             "fetch_wait_max_ms": settings.fetch_wait_max_ms,
             "consumer_poll_ms": settings.consumer_poll_ms,
+            "state_shards": settings.state_shards,
             "producer_linger_ms": settings.producer_linger_ms,
             "broker": "external" if isinstance(broker, ExternalBroker) else "tansu",
             "cpus": os.cpu_count(),
@@ -487,7 +491,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--detectors", metavar="NAMES",
                    help="VIGIL_DETECTORS for the flow (default: its own)")
     p.add_argument("--poll-ms", type=int, metavar="MS",
-                   help="VIGIL_CONSUMER_POLL_MS for the flow (default: its own, 50)")
+                   help="VIGIL_CONSUMER_POLL_MS for the flow (default: its own, 10)")
+    p.add_argument("--shards", type=positive_int, metavar="N",
+                   help="VIGIL_STATE_SHARDS for the flow (default: its own)")
     p.add_argument("--brokers", metavar="HOST:PORT",
                    help="use this broker instead of starting the test broker")
     p.add_argument("--json", type=Path, metavar="OUT.json")
