@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from detectors._rows import SensorRows
-from detectors.base import Verdict, sensor_rounds
+from detectors.base import Verdict, gather, sensor_rounds
 from detectors.lstm_ae import LstmAutoencoder
 from detectors.registry import ModelRegistry, RegistryError
 from flows.schemas import Contributor
@@ -146,17 +146,13 @@ class AutoencoderDetector:
         """Push each window into its sensor's ring and score the full sequences in batches."""
         self.maybe_reload()
         model = self.model
-        names = model.feature_names
+        names = model.feature_keys
         seq_len = model.seq_len
-        nan = float("nan")
         verdicts: list[Verdict | None] = [None] * len(batch)
         rings = self._rings
         for indices in sensor_rounds(batch):
             rows = rings.rows([batch[i][0] for i in indices])
-            x = np.array(
-                [[batch[i][1].features.get(n, nan) for n in names] for i in indices],
-                dtype=np.float64,
-            ).reshape(len(indices), len(names))
+            x = gather(batch, indices, names)
             pos, count = rings["pos"], rings["count"]
             rings["seq"][rows, pos[rows]] = x
             pos[rows] = (pos[rows] + 1) % seq_len

@@ -107,7 +107,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from river.anomaly import HalfSpaceTrees
 
-from detectors.base import Verdict, sensor_rounds
+from detectors.base import Verdict, gather, sensor_rounds
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -352,9 +352,7 @@ class HalfSpaceTreesDetector:
             return
         pos = [m[0] for m in members]
         rows = np.fromiter((m[1] for m in members), dtype=np.intp, count=len(members))
-        x = np.array(
-            [[batch[i][1].features.get(k, np.nan) for k in keys] for i in pos], dtype=np.float64
-        )
+        x = gather(batch, pos, keys)
         span = np.array([(batch[i][1].start_ms, batch[i][1].end_ms) for i in pos], np.int64)
         mean = g.mean[rows]
         dev = g.dev[rows]

@@ -76,6 +76,7 @@ class LstmAutoencoder:
         self.threshold = float(metadata.threshold)
         self.seq_len = metadata.seq_len
         self.feature_names: list[str] = list(metadata.feature_names)
+        self.feature_keys: tuple[str, ...] = tuple(self.feature_names)
         self._index = {n: i for i, n in enumerate(self.feature_names)}
         self._mean = np.asarray(metadata.scaler.mean, dtype=np.float64)
         self._std = np.asarray(metadata.scaler.std, dtype=np.float64)

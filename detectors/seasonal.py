@@ -48,7 +48,7 @@ import pickle
 import numpy as np
 
 from detectors._rows import SensorRows
-from detectors.base import Verdict, sensor_rounds
+from detectors.base import Verdict, gather, sensor_rounds
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -132,10 +132,7 @@ class SeasonalProfile:
             return
         table = self._table(keys)
         rows = table.rows([batch[i][0] for i in members])
-        nan = float("nan")
-        x = np.array(
-            [[batch[i][1].features.get(k, nan) for k in keys] for i in members], dtype=np.float64
-        ).reshape(len(members), len(keys))
+        x = gather(batch, members, keys)
         end = np.fromiter((batch[i][1].end_ms for i in members), np.int64, len(members))
         phase = ((end - 1) % self.period_ms) * self.buckets // self.period_ms
         level = table["level"][rows, phase].astype(np.float64)
