@@ -138,7 +138,7 @@ def test_a_snapshot_in_the_older_per_sensor_format_restores_the_same_state() -> 
 
     rng = np.random.default_rng(9)
     det = SeasonalProfile(buckets=24)
-    for i in range(200):
+    for i in range(DAY + 12):  # past the first day: older formats restore as such
         det.score_and_learn([("a", _window(i, {"x": _daily(i, rng)})),
                              ("b", _window(i, {"x": _daily(i, rng), "y": 2.0}))])
     _, params, groups = pickle.loads(det.snapshot())
@@ -149,5 +149,37 @@ def test_a_snapshot_in_the_older_per_sensor_format_restores_the_same_state() -> 
     copy = SeasonalProfile(buckets=24)
     copy.restore(pickle.dumps((1, params, older)))
     later = [[("a", _window(i, {"x": 5.0})), ("b", _window(i, {"x": 1.0, "y": 2.0}))]
-             for i in range(200, 260)]
+             for i in range(DAY + 12, DAY + 72)]
     assert [copy.score_and_learn(b) for b in later] == [det.score_and_learn(b) for b in later]
+
+
+def _second(i: int) -> ClosedWindow:
+    return ClosedWindow(i * 1000, (i + 1) * 1000, {"x.last": float(i % 7)}, 1)
+
+
+def test_no_opinion_until_the_sensor_has_been_seen_for_a_full_period() -> None:
+    # a 20-minute run at 1 s hops (SKAB-like) never completes a day: no opinion at all
+    det = SeasonalProfile(warmup=5)
+    short = [det.score_and_learn([("s", _second(i))])[0] for i in range(1200)]
+    assert all(v.warming_up and v.score == 0.0 for v in short)
+    # at 5 min hops the first window scored is the one ending a full day after the first
+    det = SeasonalProfile(warmup=5)
+    flags = [det.score_and_learn([("s", _window(i, {"x": 1.0 + i % 3}))])[0].warming_up
+             for i in range(DAY + 2)]
+    assert all(flags[:DAY]) and not flags[DAY]
+
+
+def test_a_snapshot_without_first_window_ends_restores_as_past_the_first_period() -> None:
+    import pickle
+
+    det = SeasonalProfile(warmup=1)
+    for i in range(DAY + 1):
+        det.score_and_learn([("s", _window(i, {"x": 1.0 + i % 2}))])
+    _, params, groups = pickle.loads(det.snapshot())
+    for _, _, tables in groups:
+        del tables["first"]
+    copy = SeasonalProfile(warmup=1)
+    copy.restore(pickle.dumps((2, params, groups)))
+    nxt = [("s", _window(DAY + 1, {"x": 2.0}))]
+    assert copy.score_and_learn(nxt) == det.score_and_learn(nxt)
+    assert not copy.score_and_learn([("s", _window(DAY + 2, {"x": 2.0}))])[0].warming_up
