@@ -96,7 +96,7 @@ def log_likelihood(likelihood: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 def combine(
     probabilities: Sequence[npt.ArrayLike] | npt.ArrayLike,
-    method: Literal["fisher", "max"] = "fisher",
+    method: Literal["fisher", "tippett", "max"] = "fisher",
 ) -> npt.NDArray[np.float64]:
     """Combine several detectors' calibrated likelihoods of the same windows into one.
 
@@ -112,8 +112,16 @@ def combine(
     * NaN means "this detector has no opinion on this window yet" (still warming up): it is
       left out and the degrees of freedom shrink, so a warming detector neither dilutes nor
       boosts the others. A window with no opinion at all gets 0.
-    * ``"max"``: the largest likelihood; never more confident than the most confident
-      detector (conservative, and right when detectors watch different failure modes).
+    * ``"tippett"``: the most confident detector, corrected for having looked at ``d`` of
+      them (Tippett's minimum-p test with Šidák's correction): ``p = 1 − (1 − min p_i)^d``,
+      i.e. ``L = (max L_i)^d``. Agreement adds nothing, so one detector that sees nothing
+      cannot raise a window another detector flags, and a noisy detector raises the combined
+      value only by its own rare windows (``d`` times as many as one detector has, not the
+      many moderate ones Fisher adds up). The right test when a signal shows in one detector
+      (detectors watching different failure modes) rather than weakly in all; a single
+      detector is returned unchanged.
+    * ``"max"``: the largest likelihood, uncorrected (same order as ``"tippett"`` when every
+      window has the same detectors).
     """
     arr = np.asarray(probabilities, dtype=float)
     if arr.ndim == 1:
@@ -122,11 +130,13 @@ def combine(
         raise ValueError("probabilities must have shape (detectors, n) with at least one row")
     missing = np.isnan(arr)
     arr = np.clip(np.where(missing, 0.0, arr), 0.0, 1.0)
+    d = (~missing).sum(axis=0)  # detectors with an opinion, per window
     if method == "max":
         return arr.max(axis=0)
+    if method == "tippett":
+        return np.where(d > 0, arr.max(axis=0) ** np.maximum(d, 1), 0.0)
     if method != "fisher":
-        raise ValueError(f"unknown method {method!r}; use 'fisher' or 'max'")
-    d = (~missing).sum(axis=0)  # detectors with an opinion, per window
+        raise ValueError(f"unknown method {method!r}; use 'fisher', 'tippett' or 'max'")
     p = np.where(missing, 1.0, np.maximum(1.0 - arr, 1e-300))
     half = -np.log(p).sum(axis=0)  # X / 2
     # Survival of χ² with 2d dof at X: exp(−X/2) Σ_{j<d} (X/2)^j / j!, summed in log space.

@@ -210,3 +210,15 @@ def test_moving_averages_equal_numpys_sliding_mean_bit_for_bit(k: int) -> None:
     x[0, :7] = np.nan  # histories not yet full
     expected = sliding_window_view(x, k, axis=1).mean(axis=-1)
     assert np.array_equal(_moving_average(x, k), expected, equal_nan=True)
+
+
+def test_tippett_is_the_most_confident_detector_corrected_for_how_many_looked() -> None:
+    single = np.array([0.1, 0.5, 0.99])
+    np.testing.assert_allclose(combine([single], "tippett"), single)  # one detector: unchanged
+    two = combine([[0.99, 0.9, 0.9], [0.5, 0.9, np.nan]], "tippett")
+    np.testing.assert_allclose(two, [0.99**2, 0.9**2, 0.9])  # NaN: no opinion, d shrinks
+    # agreement adds nothing: two detectors at 0.95 stay below one at 0.99, unlike Fisher
+    both, one = [[0.95], [0.95]], [[0.99], [0.5]]
+    assert combine(both, "tippett")[0] < combine(one, "tippett")[0]
+    assert combine(both)[0] > combine(one)[0]
+    assert combine([[np.nan], [np.nan]], "tippett")[0] == 0.0
