@@ -195,7 +195,8 @@ class Settings:
 
     # --- Seasonal profile detector ---------------------------------------------------------
     seasonal_period: timedelta = _doc(
-        "Period of the seasonal detector's profile: the cycle a sensor's normal level repeats.",
+        "Period of the seasonal detector's profile: the cycle a sensor's normal level repeats. "
+        "The detector has no opinion on a sensor until it has seen it for one period.",
         default=timedelta(days=1),
     )
     seasonal_buckets: int = _doc(
