@@ -183,3 +183,15 @@ def test_a_snapshot_without_first_window_ends_restores_as_past_the_first_period(
     nxt = [("s", _window(DAY + 1, {"x": 2.0}))]
     assert copy.score_and_learn(nxt) == det.score_and_learn(nxt)
     assert not copy.score_and_learn([("s", _window(DAY + 2, {"x": 2.0}))])[0].warming_up
+
+
+def test_a_restore_during_the_first_period_keeps_when_the_warm_up_ends() -> None:
+    det = SeasonalProfile(warmup=5)
+    for i in range(DAY // 2):
+        det.score_and_learn([("s", _window(i, {"x": 1.0 + i % 3}))])
+    copy = SeasonalProfile(warmup=5)
+    copy.restore(det.snapshot())
+    for i in range(DAY // 2, DAY + 2):
+        batch = [("s", _window(i, {"x": 1.0 + i % 3}))]
+        got, want = copy.score_and_learn(batch)[0], det.score_and_learn(batch)[0]
+        assert got == want and got.warming_up == (i < DAY)
