@@ -358,13 +358,16 @@ class Calibrator:
         ma = _moving_average(seq, k)  # ma[:, i] ends at seq index i+k-1
         width = n - k + 1  # moving averages that lie wholly inside the N-score history
         tail = np.empty((r, t))
+        if t == 1:  # one score per sensor (the flow's case): the history's averages as they are
+            tail[:, :1] = self._tail(ma[:, None, :width], ma[:, width : width + 1])
+            t = 0
         step = max(1, _CHUNK_ELEMENTS // max(1, r * width))
         for t0 in range(0, t, step):
             t1 = min(t, t0 + step)
             win = sliding_window_view(ma, width, axis=1)[:, t0:t1, :]  # (R, c, width)
             m = ma[:, n - k + 1 + t0 : n - k + 1 + t1]  # short-term mean, x_t included
             tail[:, t0:t1] = self._tail(win, m)
-        seen = counts[:, None] + np.arange(t)[None, :]  # history length before each score
+        seen = counts[:, None] + np.arange(tail.shape[1])[None, :]  # history before each score
         return np.where(seen >= self.warmup, np.clip(1.0 - tail, 0.0, 1.0), self.warmup_value)
 
     def _tail(
