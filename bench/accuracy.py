@@ -31,6 +31,7 @@ import json
 import math
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,7 @@ from bench.metrics import (
     skab_summary,
     window_rows,
 )
+from bench.probation import ProbationTraining, check_detectors, train_on_probation, with_model
 from bench.score import (
     ScoreOptions,
     ScoreResult,
@@ -66,6 +68,8 @@ from bench.score import (
 from bench.score import (
     build_parser as score_parser,
 )
+from flows.cli import positive_int
+from flows.replay import detect_format, load_frame
 from flows.settings import Settings, SettingsError
 
 SKAB_TRAIN_ROWS = 400  # the leaderboard's training part per file
@@ -152,6 +156,7 @@ class NabReport:
     files: list[dict[str, Any]] = field(default_factory=list)
     rows: int = 0
     seconds: float = 0.0
+    train_seconds: float = 0.0  # LSTM-AE training on probationary rows, all files
 
 
 Plotter = Callable[..., None]
@@ -209,18 +214,58 @@ def evaluate_skab(
     return report
 
 
+def _score_with_probation_model(
+    path: Path, options: ScoreOptions, settings: Settings, recipe: ProbationTraining,
+) -> tuple[ScoreResult, dict[str, Any]]:
+    """Train an LSTM-AE on the file's probationary rows (temporary registry), then score the
+    file with it active; fails if the flow left the model out."""
+    n_rows = load_frame(path, detect_format(path), options.tz).height
+    with tempfile.TemporaryDirectory(prefix="vigil-probation-") as tmp:
+        model = train_on_probation(path, n_rows, Path(tmp), recipe, options.window_rows,
+                                   options.hop, options.tz)
+        opts, cfg = with_model(options, settings, model)
+        res = score_file(path, opts, cfg)
+    used = sum("lstm_ae" in r.detectors for r in res.records)
+    if not used:
+        raise RuntimeError(f"{path}: the flow left the per-file LSTM-AE out")
+    return res, {
+        "rows": model.rows, "hop_s": model.hop.total_seconds(),
+        "train_sequences": model.train_sequences, "holdout_sequences": model.holdout_sequences,
+        "final_loss": round(model.final_loss, 5), "final_val_loss": round(model.final_val_loss, 5),
+        "seconds": round(model.seconds, 2), "windows_scored": used,
+    }
+
+
 def evaluate_nab(
     root: Path, options: ScoreOptions, settings: Settings, plot: Plotter | None = None,
-    progress: bool = True,
+    progress: bool = True, train: ProbationTraining | None = None,
 ) -> NabReport:
-    """Score every labeled NAB file, then optimise one threshold per profile for all."""
+    """Score every labeled NAB file, then optimise one threshold per profile for all.
+
+    With ``train``, each file is scored with an LSTM-AE trained on its own probationary rows
+    (``bench.probation``).
+    """
     t0 = time.perf_counter()
     report = NabReport()
     found, windows = nab_files(root)
+    if train is not None:
+        check_detectors(options, settings)
     scored: list[tuple[str, ScoreResult, NabFile]] = []
-    for key, path in tqdm(found, desc="NAB", unit="file", disable=not progress,
-                          file=sys.stderr):
-        res = score_file(path, options, settings)
+    trained: dict[str, dict[str, Any]] = {}
+    bar = tqdm(found, desc="NAB", unit="file", disable=not progress, file=sys.stderr)
+    for key, path in bar:
+        if train is None:
+            res = score_file(path, options, settings)
+        else:
+            bar.set_postfix_str(f"training {Path(key).stem}")
+            res, trained[key] = _score_with_probation_model(path, options, settings, train)
+            report.train_seconds += trained[key]["seconds"]
+            if progress:
+                t = trained[key]
+                tqdm.write(f"{key}: LSTM-AE on {t['rows']} probationary rows, "
+                           f"{t['train_sequences']} sequences, loss {t['final_loss']:.4f} / "
+                           f"held-out {t['final_val_loss']:.4f}, {t['seconds']:.1f} s",
+                           file=sys.stderr)
         scored.append((key, res, NabFile(res.ts, res.anomaly_score, windows[key], key)))
         report.rows += res.output.height
     if not scored:
@@ -257,6 +302,7 @@ def evaluate_nab(
             "alerts": sum(a.status == "open" for a in res.alerts),
             "late_rows": res.late,
             "seconds": round(res.seconds, 2),
+            **({"lstm_probation": trained[key]} if key in trained else {}),
         })
         if plot is not None:
             plot(res, key, windows=f.windows, threshold=thr)
@@ -334,8 +380,6 @@ def make_plotter(out_dir: Path) -> Plotter | None:
 
 def load_series(res: ScoreResult) -> pl.DataFrame:
     """The metric columns of a scored file, for plotting."""
-    from flows.replay import load_frame
-
     frame = load_frame(res.path, res.fmt)
     return frame.drop("ts", "sensor_id", strict=False)
 
@@ -361,6 +405,11 @@ def markdown(result: dict[str, Any]) -> str:
                f"(hop = the file's sampling interval), {cfg['settings_summary']}; calibration "
                f"history {cfg['calib_history']}, short {cfg['calib_short']}, warm-up "
                f"{cfg['calib_warmup']}.")
+    lstm = cfg.get("lstm_on_probation")
+    if lstm:
+        out.append(f"NAB: per file, an LSTM-AE trained on the file's probationary rows only "
+                   f"(seed {lstm['seed']}, {lstm['epochs']} epochs, hidden {lstm['hidden']}, "
+                   f"seq_len {lstm['seq_len']}).")
     skab = result.get("skab")
     if skab:
         lb, allr = skab["leaderboard"], skab["all_rows"]
@@ -429,9 +478,12 @@ def _jsonable(obj: Any) -> Any:
 
 def run(
     skab: Path | None, nab: Path | None, out: Path, options: ScoreOptions, settings: Settings,
-    plots: bool = True, progress: bool = True,
+    plots: bool = True, progress: bool = True, train: ProbationTraining | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the given corpora and write the report files; returns the JSON document."""
+    """Evaluate the given corpora and write the report files; returns the JSON document.
+
+    ``train``: score each NAB file with an LSTM-AE trained on its probationary rows.
+    """
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     plot = make_plotter(out / "plots") if plots else None
@@ -448,6 +500,7 @@ def run(
             "calib_history": settings.calibration_history,
             "calib_short": settings.calibration_short,
             "calib_warmup": settings.calibration_warmup,
+            "lstm_on_probation": asdict(train) if train is not None else None,
         },
         "runtime": {"machine": f"{platform.machine()}, {_cpus()} CPUs, "
                                f"Python {platform.python_version()}"},
@@ -462,9 +515,10 @@ def run(
         }
         result["runtime"].update(skab_s=rep.seconds, skab_rows=rep.rows)
     if nab is not None:
-        rep_n = evaluate_nab(nab, options, settings, plot, progress)
+        rep_n = evaluate_nab(nab, options, settings, plot, progress, train)
         result["nab"] = {"profiles": rep_n.profiles, "files": rep_n.files}
-        result["runtime"].update(nab_s=rep_n.seconds, nab_rows=rep_n.rows)
+        result["runtime"].update(nab_s=rep_n.seconds, nab_rows=rep_n.rows,
+                                 nab_train_s=rep_n.train_seconds)
     result["runtime"]["total_s"] = time.perf_counter() - t0
     result["runtime"]["plots"] = plot is not None
     result = _jsonable(result)
@@ -511,6 +565,19 @@ def build_parser() -> argparse.ArgumentParser:
         if action.choices is not None:
             kwargs["choices"] = action.choices
         ap.add_argument(*action.option_strings, **kwargs)
+    t = ap.add_argument_group("LSTM-AE per NAB file (needs torch: pip install -e '.[train]')")
+    t.add_argument("--train-lstm-on-probation", action="store_true",
+                   help="for each NAB file, train an LSTM-AE on its probationary rows only "
+                        "(detectors.train, temporary registry) and score the file with it")
+    rec = ProbationTraining()
+    t.add_argument("--lstm-epochs", type=positive_int, default=rec.epochs, metavar="N",
+                   help="training epochs (default: %(default)s)")
+    t.add_argument("--lstm-hidden", type=positive_int, default=rec.hidden, metavar="N",
+                   help="LSTM hidden size (default: %(default)s)")
+    t.add_argument("--lstm-seq-len", type=positive_int, default=rec.seq_len, metavar="N",
+                   help="windows per sequence (default: %(default)s)")
+    t.add_argument("--lstm-seed", type=int, default=rec.seed, metavar="N",
+                   help="training seed (default: %(default)s)")
     return ap
 
 
@@ -530,8 +597,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings = settings_from_args(args)
+        train = (ProbationTraining(epochs=args.lstm_epochs, hidden=args.lstm_hidden,
+                                   seq_len=args.lstm_seq_len, seed=args.lstm_seed)
+                 if args.train_lstm_on_probation else None)
         result = run(skab, nab, args.out, options_from_args(args), settings,
-                     plots=not args.no_plots, progress=not args.no_progress)
+                     plots=not args.no_plots, progress=not args.no_progress, train=train)
     except (SettingsError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
