@@ -189,6 +189,19 @@ def _grow(a: np.ndarray, size: int, fill: float | int) -> np.ndarray:
     return out
 
 
+class _Batch(NamedTuple):
+    """One batch as flat arrays: per reading, and per value (``vread``: its reading)."""
+
+    slot: I64
+    ts: I64
+    pane: I64
+    cell: I64
+    val: F64
+    vread: I64
+    n: int
+    once: bool  # every sensor occurs at most once
+
+
 class _Closed(NamedTuple):
     """Windows of one close step, with their (window, cell) feature rows."""
 
@@ -340,7 +353,7 @@ class WindowStore:
         spec = self.spec
         hop, lateness, k, ring = spec.hop_ms, spec.lateness_ms, self._k, self._ring
         n = len(slot)
-        prev = self._running_max(slot, ts)  # newest ms of the sensor before each reading
+        prev, once = self._running_max(slot, ts)  # sensor's newest ms before each reading
         late = ts < prev - lateness
         newest = np.maximum(prev, ts)  # after each reading (a late one never raises it)
         pane = ts // hop
@@ -348,46 +361,54 @@ class WindowStore:
         if len(fresh):
             self._next_close[slot[fresh]] = (ts[fresh] - lateness) // hop
             self._first_pane[slot[fresh]] = pane[fresh]
-        acc = ~late
         n_late = int(np.count_nonzero(late))
-        late_at = np.flatnonzero(late) if n_late else np.zeros(0, np.int64)
-        vread = np.repeat(np.arange(n), lens)  # value -> its reading
+        late_at = np.flatnonzero(late)
+        acc_pos = np.flatnonzero(~late) if n_late else np.arange(n)
+        batch = _Batch(slot, ts, pane, cell, val, np.repeat(np.arange(n), lens), n, once)
         newest_pane = newest // hop
         closed: list[_Closed] = []
-        todo = np.flatnonzero(acc) if n_late else np.arange(n)
+        todo = acc_pos
         while True:
             # A sensor whose next reading would reach past its ring closes first (see module
             # docstring); its readings from that one on wait for the next round.
             s_todo = slot[todo]
             over = newest_pane[todo] > self._next_close[s_todo] + (ring - k)
             if not over.any():
-                self._accumulate(todo, slot, ts, pane, cell, val, vread, n)
+                self._accumulate(todo, batch)
                 break
             first_over = np.full(self._n_sensors, n, np.int64)
             np.minimum.at(first_over, s_todo[over], todo[over])
             now = todo < first_over[s_todo]
-            self._accumulate(todo[now], slot, ts, pane, cell, val, vread, n)
+            self._accumulate(todo[now], batch)
             jumpers = np.flatnonzero(first_over < n)
             at = first_over[jumpers]
             closed.append(self._close(jumpers, (newest[at] - lateness) // hop))
             todo = todo[~now]
-        # the final close of every sensor with an accepted reading
-        touched_pos = np.flatnonzero(acc)
-        acc_slots = slot[touched_pos]
-        last_newest = np.full(self._n_sensors, _NONE, np.int64)
-        np.maximum.at(last_newest, acc_slots, newest[touched_pos])
-        touched = np.flatnonzero(last_newest != _NONE)
-        self.max_ts[touched] = np.maximum(self.max_ts[touched], last_newest[touched])
-        closed.append(self._close(touched, (self.max_ts[touched] - lateness) // hop))
-        # order: sensors by their first accepted reading in the batch, then window end
+        # the final close of every sensor with an accepted reading; windows come out ordered
+        # by each sensor's first accepted reading in the batch, then by end
+        acc_slots = slot[acc_pos]
         first_acc = np.full(self._n_sensors, n, np.int64)
-        np.minimum.at(first_acc, acc_slots, touched_pos)
+        if once:
+            touched = acc_slots
+            self.max_ts[touched] = newest[acc_pos]
+            first_acc[touched] = acc_pos
+        else:
+            last_newest = np.full(self._n_sensors, _NONE, np.int64)
+            np.maximum.at(last_newest, acc_slots, newest[acc_pos])
+            touched = np.flatnonzero(last_newest != _NONE)
+            self.max_ts[touched] = last_newest[touched]
+            np.minimum.at(first_acc, acc_slots, acc_pos)
+        closed.append(self._close(touched, (self.max_ts[touched] - lateness) // hop))
         windows = self._emit(closed, first_acc)
-        late = list(zip(late_at.tolist(), prev[late_at].tolist(), strict=True))
-        return BatchResult(windows, late, n - n_late)
+        late_list = list(zip(late_at.tolist(), prev[late_at].tolist(), strict=True))
+        return BatchResult(windows, late_list, n - n_late)
 
-    def _running_max(self, slot: I64, ts: I64) -> I64:
-        """Per reading, the sensor's newest ms before it (stored, then earlier in the batch)."""
+    def _running_max(self, slot: I64, ts: I64) -> tuple[I64, bool]:
+        """Per reading, the sensor's newest ms before it (stored, then earlier in the batch).
+
+        Also says whether every sensor occurs at most once in the batch (the common case of
+        one reading per sensor per batch, which later steps can treat without grouping).
+        """
         stored = self.max_ts[slot]
         order = np.argsort(slot, kind="stable")
         s = slot[order]
@@ -395,7 +416,7 @@ class WindowStore:
         first[0] = True
         np.not_equal(s[1:], s[:-1], out=first[1:])
         if first.all():  # every sensor once: nothing earlier in the batch
-            return stored
+            return stored, True
         t = ts[order]
         lo = int(t.min())
         span = int(t.max()) - lo + 1
@@ -413,65 +434,102 @@ class WindowStore:
         before[first] = _NONE
         out = np.empty_like(before)
         out[order] = np.maximum(before, stored[order])
-        return out
+        return out, False
 
-    def _accumulate(
-        self, pos: I64, slot: I64, ts: I64, pane: I64, cell: I64, val: F64, vread: I64, n: int,
-    ) -> None:
+    def _accumulate(self, pos: I64, b: _Batch) -> None:
         """Add the accepted readings at ``pos`` (arrival order, within ring reach) to panes."""
         if not len(pos):
             return
         k, ring, hop = self._k, self._ring, self.spec.hop_ms
-        s, p = slot[pos], pane[pos]
-        np.minimum.at(self._first_pane, s, p)
-        # readings of a pane no future window can use (only after a flush) change nothing
-        live = p >= self._next_close[s] + 1 - k
-        picked = np.zeros(n, np.bool_)
-        picked[pos] = True
-        vsel = np.flatnonzero(picked[vread])
-        vc = cell[vsel]
+        s, p = b.slot[pos], b.pane[pos]
+        lower = p < self._first_pane[s]
+        if lower.any():
+            np.minimum.at(self._first_pane, s[lower], p[lower])
+        if len(pos) == b.n:
+            vr, vc, vv = b.vread, b.cell, b.val
+        else:
+            picked = np.zeros(b.n, np.bool_)
+            picked[pos] = True
+            vsel = np.flatnonzero(picked[b.vread])
+            vr, vc, vv = b.vread[vsel], b.cell[vsel], b.val[vsel]
         ref = self._ref[vc]
         unset = np.isnan(ref)
         if unset.any():  # a metric's first accepted value becomes its reference
             first_c, first_i = np.unique(vc[unset], return_index=True)
-            self._ref[first_c] = val[vsel[unset]][first_i]
+            self._ref[first_c] = vv[unset][first_i]
             ref = self._ref[vc]
+        # readings of a pane no future window can use (only after a flush) change nothing
+        live = p >= self._next_close[s] + 1 - k
         if not live.all():
+            dead = np.zeros(b.n, np.bool_)
+            dead[pos[~live]] = True
+            keep = ~dead[vr]
+            vr, vc, vv, ref = vr[keep], vc[keep], vv[keep], ref[keep]
             pos, s, p = pos[live], s[live], p[live]
-            picked[:] = False
-            picked[pos] = True
-            keep = picked[vread[vsel]]
-            vsel, vc, ref = vsel[keep], vc[keep], ref[keep]
             if not len(pos):
                 return
         # readings per (sensor, pane)
-        pmin = int(p.min())
-        pspan = int(p.max()) - pmin + 1
-        if len(self.max_ts) * pspan < _SAFE:
-            key = s * pspan + (p - pmin)
-            uk, cnt = np.unique(key, return_counts=True)
-            us, up = uk // pspan, uk % pspan + pmin
+        if b.once:
+            us, up, cnt = s, p, 1
         else:
-            pairs, cnt = np.unique(np.stack([s, p], 1), axis=0, return_counts=True)
-            us, up = pairs[:, 0], pairs[:, 1]
+            pmin = int(p.min())
+            pspan = int(p.max()) - pmin + 1
+            if len(self.max_ts) * pspan < _SAFE:
+                uk, cnt = np.unique(s * pspan + (p - pmin), return_counts=True)
+                us, up = uk // pspan, uk % pspan + pmin
+            else:
+                pairs, cnt = np.unique(np.stack([s, p], 1), axis=0, return_counts=True)
+                us, up = pairs[:, 0], pairs[:, 1]
         rs = up % ring
         same = self._pane[us, rs] == up
         self._count[us, rs] = np.where(same, self._count[us, rs], 0) + cnt
         self._pane[us, rs] = up
-        if not len(vsel):
+        if not len(vc):
             return
-        # statistics per (cell, pane): sort by cell then event time (stable: arrival order)
-        vr = vread[vsel]
-        vt = ts[vr]
-        vp = pane[vr]
+        vt, vp = b.ts[vr], b.pane[vr]
+        if b.once:
+            # one reading per sensor: every (cell, pane) gets a single value
+            v = vv - ref
+            t = (vt - vp * hop) / 1000.0
+            add = np.empty((len(v), _NSTATS), np.float64)
+            add[:, _N] = 1.0
+            add[:, _SV] = v
+            add[:, _SVV] = v * v
+            add[:, _ST] = t
+            add[:, _STT] = t * t
+            add[:, _STV] = t * v
+            add[:, _MIN] = v
+            add[:, _MAX] = v
+            add[:, _LT] = t
+            add[:, _LV] = v
+            gc, gp = vc, vp
+        else:
+            add, gc, gp = self._group_panes(vc, vt, vp, vv - ref)
+        grs = gp % ring
+        old = self._stats[gc, grs]
+        old[self._cell_pane[gc, grs] != gp] = _IDENT  # a stale slot starts empty
+        new = add.copy()
+        new[:, :6] += old[:, :6]
+        np.minimum(new[:, _MIN], old[:, _MIN], out=new[:, _MIN])
+        np.maximum(new[:, _MAX], old[:, _MAX], out=new[:, _MAX])
+        keep_old = old[:, _LT] > add[:, _LT]  # equal time: the later arrival (this batch) wins
+        new[keep_old, _LT] = old[keep_old, _LT]
+        new[keep_old, _LV] = old[keep_old, _LV]
+        self._stats[gc, grs] = new
+        self._cell_pane[gc, grs] = gp
+
+    def _group_panes(self, vc: I64, vt: I64, vp: I64, v: F64) -> tuple[F64, I64, I64]:
+        """Statistics per (cell, pane) of values in arrival order, and each group's keys."""
+        hop = self.spec.hop_ms
+        pmin = int(vp.min())
         tmin = pmin * hop
-        tspan = pspan * hop
+        tspan = (int(vp.max()) - pmin + 1) * hop
+        # by cell, then event time; stable, so equal times stay in arrival order
         if len(self._ref) * tspan < _SAFE:
             order = np.argsort(vc * tspan + (vt - tmin), kind="stable")
         else:
             order = np.lexsort((vt, vc))
-        vc, vt, vp = vc[order], vt[order], vp[order]
-        v = val[vsel][order] - ref[order]
+        vc, vt, vp, v = vc[order], vt[order], vp[order], v[order]
         t = (vt - vp * hop) / 1000.0
         m = len(v)
         brk = np.empty(m, np.bool_)
@@ -492,22 +550,9 @@ class WindowStore:
         add[:, :6] = np.add.reduceat(cols, starts, axis=0)
         add[:, _MIN] = np.minimum.reduceat(v, starts)
         add[:, _MAX] = np.maximum.reduceat(v, starts)
-        add[:, _LT] = t[ends]
+        add[:, _LT] = t[ends]  # the newest time, of equal times the last to arrive
         add[:, _LV] = v[ends]
-        gc, gp = vc[starts], vp[starts]
-        grs = gp % ring
-        old = self._stats[gc, grs]
-        stale = self._cell_pane[gc, grs] != gp
-        old[stale] = _IDENT
-        new = add
-        new[:, :6] += old[:, :6]
-        np.minimum(new[:, _MIN], old[:, _MIN], out=new[:, _MIN])
-        np.maximum(new[:, _MAX], old[:, _MAX], out=new[:, _MAX])
-        keep_old = old[:, _LT] > add[:, _LT]  # equal time: the later arrival (this batch) wins
-        new[keep_old, _LT] = old[keep_old, _LT]
-        new[keep_old, _LV] = old[keep_old, _LV]
-        self._stats[gc, grs] = new
-        self._cell_pane[gc, grs] = gp
+        return add, vc[starts], vp[starts]
 
     # -- emit --------------------------------------------------------------------------------
     def _close(self, slots: I64, close_upto: I64) -> _Closed:
