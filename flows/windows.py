@@ -776,7 +776,8 @@ def _features(st: F64, valid: npt.NDArray[np.bool_], ref: F64, hop_s: float) -> 
         mean_v = s_v / cnt
         var = s_vv / cnt - mean_v * mean_v
         denom = cnt * s_tt - s_t * s_t
-        slope = np.where(denom > 1e-12 * cnt * cnt, (cnt * s_tv - s_t * s_v) / denom, 0.0)
+        # 0 when all times are equal: n·Σt² − (Σt)² is then rounding noise of n·Σt²
+        slope = np.where(denom > 1e-12 * cnt * s_tt, (cnt * s_tv - s_t * s_v) / denom, 0.0)
     newest = k - 1 - np.argmax(valid[:, ::-1], axis=1)  # last pane holding the metric
     out = np.empty((len(cnt), 7), np.float64)
     out[:, 0] = ref + mean_v
