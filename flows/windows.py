@@ -487,72 +487,45 @@ class WindowStore:
         if not len(vc):
             return
         vt, vp = b.ts[vr], b.pane[vr]
-        if b.once:
-            # one reading per sensor: every (cell, pane) gets a single value
-            v = vv - ref
-            t = (vt - vp * hop) / 1000.0
-            add = np.empty((len(v), _NSTATS), np.float64)
-            add[:, _N] = 1.0
-            add[:, _SV] = v
-            add[:, _SVV] = v * v
-            add[:, _ST] = t
-            add[:, _STT] = t * t
-            add[:, _STV] = t * v
-            add[:, _MIN] = v
-            add[:, _MAX] = v
-            add[:, _LT] = t
-            add[:, _LV] = v
-            gc, gp = vc, vp
-        else:
-            add, gc, gp = self._group_panes(vc, vt, vp, vv - ref)
-        grs = gp % ring
-        old = self._stats[gc, grs]
-        old[self._cell_pane[gc, grs] != gp] = _IDENT  # a stale slot starts empty
-        new = add.copy()
-        new[:, :6] += old[:, :6]
-        np.minimum(new[:, _MIN], old[:, _MIN], out=new[:, _MIN])
-        np.maximum(new[:, _MAX], old[:, _MAX], out=new[:, _MAX])
-        keep_old = old[:, _LT] > add[:, _LT]  # equal time: the later arrival (this batch) wins
-        new[keep_old, _LT] = old[keep_old, _LT]
-        new[keep_old, _LV] = old[keep_old, _LV]
-        self._stats[gc, grs] = new
-        self._cell_pane[gc, grs] = gp
-
-    def _group_panes(self, vc: I64, vt: I64, vp: I64, v: F64) -> tuple[F64, I64, I64]:
-        """Statistics per (cell, pane) of values in arrival order, and each group's keys."""
-        hop = self.spec.hop_ms
-        pmin = int(vp.min())
-        tmin = pmin * hop
-        tspan = (int(vp.max()) - pmin + 1) * hop
-        # by cell, then event time; stable, so equal times stay in arrival order
-        if len(self._ref) * tspan < _SAFE:
-            order = np.argsort(vc * tspan + (vt - tmin), kind="stable")
-        else:
-            order = np.lexsort((vt, vc))
-        vc, vt, vp, v = vc[order], vt[order], vp[order], v[order]
+        v = vv - ref
         t = (vt - vp * hop) / 1000.0
-        m = len(v)
-        brk = np.empty(m, np.bool_)
-        brk[0] = True
-        np.logical_or(vc[1:] != vc[:-1], vp[1:] != vp[:-1], out=brk[1:])
-        starts = np.flatnonzero(brk)
-        ends = np.empty_like(starts)
-        ends[:-1] = starts[1:] - 1
-        ends[-1] = m - 1
-        cols = np.empty((m, 6), np.float64)
-        cols[:, 0] = 1.0
-        cols[:, 1] = v
-        cols[:, 2] = v * v
-        cols[:, 3] = t
-        cols[:, 4] = t * t
-        cols[:, 5] = t * v
-        add = np.empty((len(starts), _NSTATS), np.float64)
-        add[:, :6] = np.add.reduceat(cols, starts, axis=0)
-        add[:, _MIN] = np.minimum.reduceat(v, starts)
-        add[:, _MAX] = np.maximum.reduceat(v, starts)
-        add[:, _LT] = t[ends]  # the newest time, of equal times the last to arrive
-        add[:, _LV] = v[ends]
-        return add, vc[starts], vp[starts]
+        if b.once:  # one reading per sensor: every (cell, pane) gets a single value
+            gc, gp = vc, vp
+            starts = None
+        else:  # group by (cell, pane), arrival order kept within a group
+            pmin = int(vp.min())
+            pspan = int(vp.max()) - pmin + 1
+            if len(self._ref) * pspan < _SAFE:
+                order = np.argsort(vc * pspan + (vp - pmin), kind="stable")
+            else:
+                order = np.lexsort((vp, vc))
+            vc, vp, v, t = vc[order], vp[order], v[order], t[order]
+            brk = np.empty(len(v), np.bool_)
+            brk[0] = True
+            np.logical_or(vc[1:] != vc[:-1], vp[1:] != vp[:-1], out=brk[1:])
+            starts = np.flatnonzero(brk)
+            gc, gp = vc[starts], vp[starts]
+        grs = gp % ring
+        acc = self._stats[gc, grs]
+        acc[self._cell_pane[gc, grs] != gp] = _IDENT  # a stale slot starts empty
+        terms = np.empty((len(v), 6), np.float64)
+        terms[:, 0] = 1.0
+        terms[:, 1] = v
+        terms[:, 2] = v * v
+        terms[:, 3] = t
+        terms[:, 4] = t * t
+        terms[:, 5] = t * v
+        if starts is None:
+            acc[:, :6] += terms
+            np.minimum(acc[:, _MIN], v, out=acc[:, _MIN])
+            np.maximum(acc[:, _MAX], v, out=acc[:, _MAX])
+            newer = t >= acc[:, _LT]  # equal time: the later arrival wins
+            acc[newer, _LT] = t[newer]
+            acc[newer, _LV] = v[newer]
+        else:
+            _add_in_order(acc, terms, v, t, starts)
+        self._stats[gc, grs] = acc
+        self._cell_pane[gc, grs] = gp
 
     # -- emit --------------------------------------------------------------------------------
     def _close(self, slots: I64, close_upto: I64) -> _Closed:
@@ -755,6 +728,33 @@ def _empty_closed() -> _Closed:
     return _Closed(z, z, z, z, z, np.zeros(0, np.bool_), np.zeros((0, 7), np.float64))
 
 
+def _add_in_order(acc: F64, terms: F64, v: F64, t: F64, starts: I64) -> None:
+    """Add grouped values to pane statistics ``acc`` (one row per group) in arrival order.
+
+    The sums grow one value at a time, in the order the readings arrived, exactly as a
+    reading-by-reading loop would: float sums then do not depend on where batches begin and
+    end (replaying the same input in other batch sizes, or offline, gives identical bits).
+    The loop runs over position within a group, each step vectorised across groups.
+    """
+    m = len(v)
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1] = m
+    length = ends - starts
+    for j in range(int(length.max())):
+        live = np.flatnonzero(length > j)
+        acc[live, :6] += terms[starts[live] + j]
+    acc[:, _MIN] = np.minimum(acc[:, _MIN], np.minimum.reduceat(v, starts))
+    acc[:, _MAX] = np.maximum(acc[:, _MAX], np.maximum.reduceat(v, starts))
+    # the newest time; of equal times the last to arrive (this batch arrived after acc's)
+    newest_t = np.maximum.reduceat(t, starts)
+    group = np.repeat(np.arange(len(starts)), length)
+    at = np.maximum.reduceat(np.where(t == newest_t[group], np.arange(m), -1), starts)
+    newer = newest_t >= acc[:, _LT]
+    acc[newer, _LT] = t[at[newer]]
+    acc[newer, _LV] = v[at[newer]]
+
+
 def _features(st: F64, valid: npt.NDArray[np.bool_], ref: F64, hop_s: float) -> F64:
     """FEATURES per row from ``k`` panes of statistics each (absent panes are ``_IDENT``).
 
@@ -762,16 +762,18 @@ def _features(st: F64, valid: npt.NDArray[np.bool_], ref: F64, hop_s: float) -> 
     that before they are added, the same algebra as merging two panes.
     """
     k = st.shape[1]
-    d = np.arange(k) * hop_s
-    n = st[:, :, _N]
-    sv = st[:, :, _SV]
-    st_ = st[:, :, _ST]
-    cnt = n.sum(axis=1)
-    s_v = sv.sum(axis=1)
-    s_vv = st[:, :, _SVV].sum(axis=1)
-    s_t = (st_ + n * d).sum(axis=1)
-    s_tt = (st[:, :, _STT] + 2 * d * st_ + n * d * d).sum(axis=1)
-    s_tv = (st[:, :, _STV] + d * sv).sum(axis=1)
+    sums = np.zeros((len(st), 6), np.float64)
+    for j in range(k):  # pane by pane, oldest first, as merging them one after another
+        d = j * hop_s
+        p = st[:, j]
+        n, sv, st_ = p[:, _N], p[:, _SV], p[:, _ST]
+        sums[:, 0] += n
+        sums[:, 1] += sv
+        sums[:, 2] += p[:, _SVV]
+        sums[:, 3] += st_ + n * d
+        sums[:, 4] += p[:, _STT] + 2 * d * st_ + n * d * d
+        sums[:, 5] += p[:, _STV] + d * sv
+    cnt, s_v, s_vv, s_t, s_tt, s_tv = sums.T
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_v = s_v / cnt
         var = s_vv / cnt - mean_v * mean_v
