@@ -18,8 +18,11 @@ Contract
   end of a finite input, ``flush`` closes windows up to the end of the newest pane only.
 * Per metric the features are ``FEATURES``: mean, std (population), min, max, last (value at
   the newest timestamp; of equal timestamps the one that arrived last), slope (least-squares,
-  units per second) and count. A reading may carry any subset of metrics; a window has the
-  features of the metrics that occur in it.
+  units per second; 0 when all timestamps are equal) and count. A reading may carry any subset
+  of metrics; a window has the features of the metrics that occur in it.
+* Features do not depend on how the input is cut into batches, to the bit: pane sums grow in
+  arrival order and a window adds its panes oldest first, the order a reading-by-reading loop
+  would use. (So the flow and ``flows.offline`` agree exactly.)
 * A batch's windows come out grouped by sensor, in the order of each sensor's first accepted
   reading in the batch, oldest window first (``flush``: in the order sensors first appeared).
 
@@ -42,15 +45,19 @@ of 10^5 or epoch-millisecond timestamps.
 Cost
 ----
 One Python pass per reading turns the batch into flat arrays (sensor slot, event time, and per
-value its cell and value); a new sensor or a new metric set takes a slower path once.
-Lateness (a per-sensor running maximum in arrival order), pane accumulation (sort + reduceat)
-and window closing (gather ``k`` panes per window and metric, shift, sum, derive features) are
-numpy operations over the whole batch. What stays per window in Python is building the
-``ClosedWindow`` and its features dict. The ring covers the panes one batch can touch when
-event time advances by at most a pane per batch; a batch that jumps further for some sensor
-(a gap, a replay) is split per sensor into rounds, closing that sensor's due windows between
-rounds, which gives the same windows because a window is only closed once no accepted
-reading can still fall into it.
+value its cell and value): a dict lookup, a key-set check and a few appends, ~0.3 µs. A new
+sensor or a changed metric set takes a slower path once. Lateness (a per-sensor running
+maximum in arrival order), pane updates and window closing (gather ``k`` panes per window and
+metric, shift, add, derive features) are numpy operations over the whole batch; when every
+sensor occurs once in the batch (one reading per sensor per batch) pane updates need no
+grouping. A batch costs ~60 µs of numpy calls however small, plus ~1.5 µs per reading at
+4 metrics and 6 readings per window, about a third of it building ``ClosedWindow`` objects and
+their features dicts, the only per-window Python left.
+
+The ring covers the panes one batch can touch when event time advances by at most a pane per
+batch; a batch that jumps further for some sensor (a gap, a replay) is worked in rounds for
+that sensor, closing its due windows between rounds. That gives the same windows, because a
+window is only closed once no accepted reading can still fall into it.
 
 ``snapshot()`` keeps only live panes (those a future window can still use) in compact
 arrays; ``restore()`` rebuilds identical behaviour. ``SensorWindows`` is a one-sensor view of
@@ -362,7 +369,6 @@ class WindowStore:
             self._next_close[slot[fresh]] = (ts[fresh] - lateness) // hop
             self._first_pane[slot[fresh]] = pane[fresh]
         n_late = int(np.count_nonzero(late))
-        late_at = np.flatnonzero(late)
         acc_pos = np.flatnonzero(~late) if n_late else np.arange(n)
         batch = _Batch(slot, ts, pane, cell, val, np.repeat(np.arange(n), lens), n, once)
         newest_pane = newest // hop
@@ -400,6 +406,9 @@ class WindowStore:
             np.minimum.at(first_acc, acc_slots, acc_pos)
         closed.append(self._close(touched, (self.max_ts[touched] - lateness) // hop))
         windows = self._emit(closed, first_acc)
+        if not n_late:
+            return BatchResult(windows, [], n)
+        late_at = np.flatnonzero(late)
         late_list = list(zip(late_at.tolist(), prev[late_at].tolist(), strict=True))
         return BatchResult(windows, late_list, n - n_late)
 
@@ -535,7 +544,7 @@ class WindowStore:
         due_any = close_upto > nc
         slots, close_upto, nc = slots[due_any], close_upto[due_any], nc[due_any]
         if not len(slots):
-            return _empty_closed()
+            return _NO_WINDOWS
         # ring slots of each sensor, from its oldest live pane (relative j = 0) upwards
         base = nc + 1 - k
         q = base[:, None] + np.arange(ring)
@@ -553,7 +562,7 @@ class WindowStore:
         self._next_close[slots] = close_upto
         wi, wj = np.nonzero(due)
         if not len(wi):
-            return _empty_closed()
+            return _NO_WINDOWS
         w_slot = slots[wi]
         w_end = end[wi, wj]
         w_read = readings[wi, wj]
@@ -723,9 +732,9 @@ def _small(a: np.ndarray) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _empty_closed() -> _Closed:
-    z = np.zeros(0, np.int64)
-    return _Closed(z, z, z, z, z, np.zeros(0, np.bool_), np.zeros((0, 7), np.float64))
+_Z = np.zeros(0, np.int64)
+_Z.flags.writeable = False
+_NO_WINDOWS = _Closed(_Z, _Z, _Z, _Z, _Z, np.zeros(0, np.bool_), np.zeros((0, 7), np.float64))
 
 
 def _add_in_order(acc: F64, terms: F64, v: F64, t: F64, starts: I64) -> None:
