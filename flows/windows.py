@@ -86,6 +86,7 @@ _NSTATS = 10
 _IDENT = np.array([0, 0, 0, 0, 0, 0, math.inf, -math.inf, -math.inf, 0], dtype=np.float64)
 _NONE = -(2**62)  # "no reading yet" / "empty ring slot"; far below any real ms or pane
 _SAFE = 2**62  # combined integer sort keys must stay below this
+_count = np.count_nonzero  # C speed; ndarray.any()/all() go through Python wrappers
 _FORMAT = 1  # snapshot layout version
 
 I64 = npt.NDArray[np.int64]
@@ -364,13 +365,13 @@ class WindowStore:
         late = ts < prev - lateness
         newest = np.maximum(prev, ts)  # after each reading (a late one never raises it)
         pane = ts // hop
-        fresh = np.flatnonzero(prev == _NONE)  # first reading of a new sensor
+        fresh = (prev == _NONE).nonzero()[0]  # first reading of a new sensor
         if len(fresh):
             self._next_close[slot[fresh]] = (ts[fresh] - lateness) // hop
             self._first_pane[slot[fresh]] = pane[fresh]
-        n_late = int(np.count_nonzero(late))
-        acc_pos = np.flatnonzero(~late) if n_late else np.arange(n)
-        batch = _Batch(slot, ts, pane, cell, val, np.repeat(np.arange(n), lens), n, once)
+        n_late = _count(late)
+        acc_pos = (~late).nonzero()[0] if n_late else np.arange(n)
+        batch = _Batch(slot, ts, pane, cell, val, np.arange(n).repeat(lens), n, once)
         newest_pane = newest // hop
         closed: list[_Closed] = []
         todo = acc_pos
@@ -379,14 +380,14 @@ class WindowStore:
             # docstring); its readings from that one on wait for the next round.
             s_todo = slot[todo]
             over = newest_pane[todo] > self._next_close[s_todo] + (ring - k)
-            if not over.any():
+            if not _count(over):
                 self._accumulate(todo, batch)
                 break
             first_over = np.full(self._n_sensors, n, np.int64)
             np.minimum.at(first_over, s_todo[over], todo[over])
             now = todo < first_over[s_todo]
             self._accumulate(todo[now], batch)
-            jumpers = np.flatnonzero(first_over < n)
+            jumpers = (first_over < n).nonzero()[0]
             at = first_over[jumpers]
             closed.append(self._close(jumpers, (newest[at] - lateness) // hop))
             todo = todo[~now]
@@ -401,14 +402,14 @@ class WindowStore:
         else:
             last_newest = np.full(self._n_sensors, _NONE, np.int64)
             np.maximum.at(last_newest, acc_slots, newest[acc_pos])
-            touched = np.flatnonzero(last_newest != _NONE)
+            touched = (last_newest != _NONE).nonzero()[0]
             self.max_ts[touched] = last_newest[touched]
             np.minimum.at(first_acc, acc_slots, acc_pos)
         closed.append(self._close(touched, (self.max_ts[touched] - lateness) // hop))
         windows = self._emit(closed, first_acc)
         if not n_late:
             return BatchResult(windows, [], n)
-        late_at = np.flatnonzero(late)
+        late_at = late.nonzero()[0]
         late_list = list(zip(late_at.tolist(), prev[late_at].tolist(), strict=True))
         return BatchResult(windows, late_list, n - n_late)
 
@@ -419,12 +420,12 @@ class WindowStore:
         one reading per sensor per batch, which later steps can treat without grouping).
         """
         stored = self.max_ts[slot]
-        order = np.argsort(slot, kind="stable")
+        order = slot.argsort(kind="stable")
         s = slot[order]
         first = np.empty(len(s), np.bool_)
         first[0] = True
         np.not_equal(s[1:], s[:-1], out=first[1:])
-        if first.all():  # every sensor once: nothing earlier in the batch
+        if _count(first) == len(first):  # every sensor once: nothing earlier in the batch
             return stored, True
         t = ts[order]
         lo = int(t.min())
@@ -452,24 +453,24 @@ class WindowStore:
         k, ring, hop = self._k, self._ring, self.spec.hop_ms
         s, p = b.slot[pos], b.pane[pos]
         lower = p < self._first_pane[s]
-        if lower.any():
+        if _count(lower):
             np.minimum.at(self._first_pane, s[lower], p[lower])
         if len(pos) == b.n:
             vr, vc, vv = b.vread, b.cell, b.val
         else:
             picked = np.zeros(b.n, np.bool_)
             picked[pos] = True
-            vsel = np.flatnonzero(picked[b.vread])
+            vsel = picked[b.vread].nonzero()[0]
             vr, vc, vv = b.vread[vsel], b.cell[vsel], b.val[vsel]
         ref = self._ref[vc]
         unset = np.isnan(ref)
-        if unset.any():  # a metric's first accepted value becomes its reference
+        if _count(unset):  # a metric's first accepted value becomes its reference
             first_c, first_i = np.unique(vc[unset], return_index=True)
             self._ref[first_c] = vv[unset][first_i]
             ref = self._ref[vc]
         # readings of a pane no future window can use (only after a flush) change nothing
         live = p >= self._next_close[s] + 1 - k
-        if not live.all():
+        if _count(live) != len(live):
             dead = np.zeros(b.n, np.bool_)
             dead[pos[~live]] = True
             keep = ~dead[vr]
@@ -505,14 +506,14 @@ class WindowStore:
             pmin = int(vp.min())
             pspan = int(vp.max()) - pmin + 1
             if len(self._ref) * pspan < _SAFE:
-                order = np.argsort(vc * pspan + (vp - pmin), kind="stable")
+                order = (vc * pspan + (vp - pmin)).argsort(kind="stable")
             else:
                 order = np.lexsort((vp, vc))
             vc, vp, v, t = vc[order], vp[order], v[order], t[order]
             brk = np.empty(len(v), np.bool_)
             brk[0] = True
             np.logical_or(vc[1:] != vc[:-1], vp[1:] != vp[:-1], out=brk[1:])
-            starts = np.flatnonzero(brk)
+            starts = brk.nonzero()[0]
             gc, gp = vc[starts], vp[starts]
         grs = gp % ring
         acc = self._stats[gc, grs]
@@ -542,9 +543,11 @@ class WindowStore:
         k, ring = self._k, self._ring
         nc = self._next_close[slots]
         due_any = close_upto > nc
-        slots, close_upto, nc = slots[due_any], close_upto[due_any], nc[due_any]
-        if not len(slots):
+        n_due = _count(due_any)
+        if not n_due:
             return _NO_WINDOWS
+        if n_due != len(slots):
+            slots, close_upto, nc = slots[due_any], close_upto[due_any], nc[due_any]
         # ring slots of each sensor, from its oldest live pane (relative j = 0) upwards
         base = nc + 1 - k
         q = base[:, None] + np.arange(ring)
@@ -570,8 +573,8 @@ class WindowStore:
         order, start, count = self._cells_by_sensor()
         per = count[w_slot]
         total = int(per.sum())
-        row_w = np.repeat(np.arange(len(wi)), per)
-        offs = np.arange(total) - np.repeat(np.cumsum(per) - per, per)
+        row_w = np.arange(len(wi)).repeat(per)
+        offs = np.arange(total) - (np.cumsum(per) - per).repeat(per)
         c = order[start[w_slot][row_w] + offs]
         qp = (w_end[row_w] - k)[:, None] + np.arange(k)
         crs = qp % ring
@@ -635,7 +638,7 @@ class WindowStore:
             return []
         live = self._pane[:n] >= (self._next_close[:n] + 1 - self._k)[:, None]
         newest = np.where(live, self._pane[:n], _NONE).max(axis=1)
-        slots = np.flatnonzero(newest != _NONE)
+        slots = (newest != _NONE).nonzero()[0]
         closed = self._close(slots, newest[slots] + 1)
         return self._emit([closed], np.arange(n, dtype=np.int64))
 
@@ -751,13 +754,13 @@ def _add_in_order(acc: F64, terms: F64, v: F64, t: F64, starts: I64) -> None:
     ends[-1] = m
     length = ends - starts
     for j in range(int(length.max())):
-        live = np.flatnonzero(length > j)
+        live = (length > j).nonzero()[0]
         acc[live, :6] += terms[starts[live] + j]
     acc[:, _MIN] = np.minimum(acc[:, _MIN], np.minimum.reduceat(v, starts))
     acc[:, _MAX] = np.maximum(acc[:, _MAX], np.maximum.reduceat(v, starts))
     # the newest time; of equal times the last to arrive (this batch arrived after acc's)
     newest_t = np.maximum.reduceat(t, starts)
-    group = np.repeat(np.arange(len(starts)), length)
+    group = np.arange(len(starts)).repeat(length)
     at = np.maximum.reduceat(np.where(t == newest_t[group], np.arange(m), -1), starts)
     newer = newest_t >= acc[:, _LT]
     acc[newer, _LT] = t[at[newer]]
