@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -180,14 +180,17 @@ def feature_names(metrics: Iterable[str]) -> list[str]:
     return [f"{m}.{f}" for m in metrics for f in FEATURES]
 
 
-def _getter(keys: tuple[str, ...]) -> Any:
+Getter = Callable[[Mapping[str, float]], tuple[float, ...]]
+
+
+def _getter(keys: tuple[str, ...]) -> Getter:
     """A C-speed ``values dict -> tuple of values in keys order``."""
     if len(keys) == 1:
         key = keys[0]
         return lambda d: (d[key],)
     if not keys:
         return lambda d: ()
-    return itemgetter(*keys)
+    return itemgetter(*keys)  # type: ignore[return-value]  # a tuple for 2+ keys
 
 
 def _grow(a: np.ndarray, size: int, fill: float | int) -> np.ndarray:
@@ -240,7 +243,7 @@ class WindowStore:
         self._n_sensors = 0
         self._n_cells = 0
         cap = 16
-        self.max_ts: I64 = np.full(cap, _NONE, np.int64)
+        self._max_ts: I64 = np.full(cap, _NONE, np.int64)
         self._next_close: I64 = np.zeros(cap, np.int64)
         self._first_pane: I64 = np.zeros(cap, np.int64)
         self._pane: I64 = np.full((cap, r), _NONE, np.int64)
@@ -253,26 +256,14 @@ class WindowStore:
         self._csr: tuple[I64, I64, I64] | None = None  # cells grouped by sensor
 
     # -- sensors and cells -------------------------------------------------------------------
-    @property
-    def sensor_ids(self) -> list[str]:
-        """Every sensor seen, in the order it first appeared."""
-        return list(self._sids)
-
-    def newest_ms(self, sensor_id: str) -> int | None:
-        """The sensor's newest accepted event time, if it has one."""
-        rec = self._rec.get(sensor_id)
-        if rec is None or self.max_ts[rec[0]] == _NONE:
-            return None
-        return int(self.max_ts[rec[0]])
-
     def _learn(self, sid: str, values: Mapping[str, float]) -> list[Any]:
         """Slow path: a new sensor, or a reading whose metric set differs from the last one."""
         rec = self._rec.get(sid)
         if rec is None:
             slot = self._n_sensors
-            if slot == len(self.max_ts):
+            if slot == len(self._max_ts):
                 size = 2 * slot
-                self.max_ts = _grow(self.max_ts, size, _NONE)
+                self._max_ts = _grow(self._max_ts, size, _NONE)
                 self._next_close = _grow(self._next_close, size, 0)
                 self._first_pane = _grow(self._first_pane, size, 0)
                 self._pane = _grow(self._pane, size, _NONE)
@@ -397,15 +388,15 @@ class WindowStore:
         first_acc = np.full(self._n_sensors, n, np.int64)
         if once:
             touched = acc_slots
-            self.max_ts[touched] = newest[acc_pos]
+            self._max_ts[touched] = newest[acc_pos]
             first_acc[touched] = acc_pos
         else:
             last_newest = np.full(self._n_sensors, _NONE, np.int64)
             np.maximum.at(last_newest, acc_slots, newest[acc_pos])
             touched = (last_newest != _NONE).nonzero()[0]
-            self.max_ts[touched] = last_newest[touched]
+            self._max_ts[touched] = last_newest[touched]
             np.minimum.at(first_acc, acc_slots, acc_pos)
-        closed.append(self._close(touched, (self.max_ts[touched] - lateness) // hop))
+        closed.append(self._close(touched, (self._max_ts[touched] - lateness) // hop))
         windows = self._emit(closed, first_acc)
         if not n_late:
             return BatchResult(windows, [], n)
@@ -419,7 +410,7 @@ class WindowStore:
         Also says whether every sensor occurs at most once in the batch (the common case of
         one reading per sensor per batch, which later steps can treat without grouping).
         """
-        stored = self.max_ts[slot]
+        stored = self._max_ts[slot]
         order = slot.argsort(kind="stable")
         s = slot[order]
         first = np.empty(len(s), np.bool_)
@@ -484,7 +475,7 @@ class WindowStore:
         else:
             pmin = int(p.min())
             pspan = int(p.max()) - pmin + 1
-            if len(self.max_ts) * pspan < _SAFE:
+            if len(self._max_ts) * pspan < _SAFE:
                 uk, cnt = np.unique(s * pspan + (p - pmin), return_counts=True)
                 us, up = uk // pspan, uk % pspan + pmin
             else:
@@ -664,7 +655,7 @@ class WindowStore:
         rel = np.int8 if ring < 120 else np.int32
         stats = self._stats[cs, crs]
         arrays = (
-            self.max_ts[:n], nc, self._first_pane[:n],
+            self._max_ts[:n], nc, self._first_pane[:n],
             _small(owner), _small(metric_idx), self._ref[:nc_cells],
             _small(ps), (self._pane[:n][ps, prs] - low[ps]).astype(rel),
             _small(self._count[:n][ps, prs]),
@@ -695,7 +686,7 @@ class WindowStore:
         r = w._ring
         w._n_sensors, w._n_cells = n, nc_cells
         w._sids = list(sids)
-        w.max_ts = _grow(max_ts.astype(np.int64), cap, _NONE)
+        w._max_ts = _grow(max_ts.astype(np.int64), cap, _NONE)
         w._next_close = _grow(nc.astype(np.int64), cap, 0)
         w._first_pane = _grow(first_pane.astype(np.int64), cap, 0)
         low = w._next_close[:n] + 1 - k
