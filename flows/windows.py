@@ -87,7 +87,10 @@ _IDENT = np.array([0, 0, 0, 0, 0, 0, math.inf, -math.inf, -math.inf, 0], dtype=n
 _NONE = -(2**62)  # "no reading yet" / "empty ring slot"; far below any real ms or pane
 _SAFE = 2**62  # combined integer sort keys must stay below this
 _count = np.count_nonzero  # C speed; ndarray.any()/all() go through Python wrappers
-_FORMAT = 1  # snapshot layout version
+_FORMAT = 2  # snapshot layout version
+# pane statistics a reading's metrics share (count and time sums), and the per-metric rest
+_TIMES = [_N, _ST, _STT, _LT]
+_VALUES = [_SV, _SVV, _STV, _MIN, _MAX, _LV]
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -193,6 +196,9 @@ def _getter(keys: tuple[str, ...]) -> Getter:
     return itemgetter(*keys)  # type: ignore[return-value]  # a tuple for 2+ keys
 
 
+_NO_VALUES = _getter(())
+
+
 def _grow(a: np.ndarray, size: int, fill: float | int) -> np.ndarray:
     """``a`` with its first axis grown to ``size``, new entries ``fill``."""
     out = np.full((size, *a.shape[1:]), fill, dtype=a.dtype)
@@ -237,9 +243,13 @@ class WindowStore:
         # Python-side per sensor: sid -> [slot, key set, cells in key order, getter, n cells]
         self._rec: dict[str, list[Any]] = {}
         self._sids: list[str] = []  # slot -> sensor id
-        self._metric_cell: list[dict[str, int]] = []  # slot -> metric -> cell
-        self._flat_names: list[tuple[str, ...]] = []  # slot -> feature names, cell order
-        self._cell_metric: list[str] = []  # cell -> metric
+        self._restored: dict[str, int] = {}  # restored sensors not seen since: sid -> slot
+        # slot -> metric -> cell, and slot -> feature names in cell order; None until first
+        # needed after a restore (rebuilt from the cell arrays)
+        self._metric_cell: list[dict[str, int] | None] = []
+        self._flat_names: list[tuple[str, ...] | None] = []
+        self._metric_ids: dict[str, int] = {}  # metric name -> id, shard-wide
+        self._metrics: list[str] = []  # id -> metric name
         self._n_sensors = 0
         self._n_cells = 0
         cap = 16
@@ -250,6 +260,7 @@ class WindowStore:
         self._count: I64 = np.zeros((cap, r), np.int64)
         ccap = 64
         self._cell_sensor: I64 = np.zeros(ccap, np.int64)
+        self._cell_metric: I64 = np.zeros(ccap, np.int64)  # metric id
         self._ref: F64 = np.full(ccap, np.nan)
         self._cell_pane: I64 = np.full((ccap, r), _NONE, np.int64)
         self._stats: F64 = np.zeros((ccap, r, _NSTATS), np.float64)
@@ -259,6 +270,8 @@ class WindowStore:
     def _learn(self, sid: str, values: Mapping[str, float]) -> list[Any]:
         """Slow path: a new sensor, or a reading whose metric set differs from the last one."""
         rec = self._rec.get(sid)
+        if rec is None and sid in self._restored:
+            rec = self._rec[sid] = [self._restored.pop(sid), None, (), _NO_VALUES, 0]
         if rec is None:
             slot = self._n_sensors
             if slot == len(self._max_ts):
@@ -272,16 +285,22 @@ class WindowStore:
             self._sids.append(sid)
             self._metric_cell.append({})
             self._flat_names.append(())
-            rec = self._rec[sid] = [slot, None, (), _getter(()), 0]
+            rec = self._rec[sid] = [slot, None, (), _NO_VALUES, 0]
         slot = rec[0]
         cells_of = self._metric_cell[slot]
+        if cells_of is None:
+            cells_of = self._metric_cell[slot] = {
+                self._metrics[m]: c for c, m in self._cells_of(slot)
+            }
         keys = tuple(values)
         cells = []
         for metric in keys:
             c = cells_of.get(metric)
             if c is None:
                 c = cells_of[metric] = self._new_cell(slot, metric)
-                self._flat_names[slot] += _names(metric)
+                names = self._flat_names[slot]
+                if names is not None:  # else rebuilt when next needed
+                    self._flat_names[slot] = names + _names(metric)
             cells.append(c)
         rec[1] = frozenset(keys)
         rec[2] = tuple(cells)
@@ -294,14 +313,32 @@ class WindowStore:
         if c == len(self._ref):
             size = 2 * c
             self._cell_sensor = _grow(self._cell_sensor, size, 0)
+            self._cell_metric = _grow(self._cell_metric, size, 0)
             self._ref = _grow(self._ref, size, np.nan)
             self._cell_pane = _grow(self._cell_pane, size, _NONE)
             self._stats = _grow(self._stats, size, 0.0)
         self._n_cells += 1
         self._cell_sensor[c] = slot
-        self._cell_metric.append(metric)
+        mid = self._metric_ids.get(metric)
+        if mid is None:
+            mid = self._metric_ids[metric] = len(self._metrics)
+            self._metrics.append(metric)
+        self._cell_metric[c] = mid
         self._csr = None
         return c
+
+    def _cells_of(self, slot: int) -> list[tuple[int, int]]:
+        """(cell, metric id) of a sensor, in creation order."""
+        order, start, count = self._cells_by_sensor()
+        cells = order[start[slot] : start[slot] + count[slot]]
+        return list(zip(cells.tolist(), self._cell_metric[cells].tolist(), strict=True))
+
+    def _names_of(self, slot: int) -> tuple[str, ...]:
+        """A sensor's feature names in cell order (the order its windows list features)."""
+        names = self._flat_names[slot] = tuple(
+            name for _, m in self._cells_of(slot) for name in _names(self._metrics[m])
+        )
+        return names
 
     def _cells_by_sensor(self) -> tuple[I64, I64, I64]:
         """(cells ordered by sensor then creation, first position per slot, cells per slot)."""
@@ -595,7 +632,8 @@ class WindowStore:
         flat = feats.ravel().tolist()
         hop = self.spec.hop_ms
         k = self._k
-        sids, names = self._sids, self._flat_names
+        sids, names, metrics = self._sids, self._flat_names, self._metrics
+        cell_metric = self._cell_metric
         slot_l, end_l, read_l = w_slot.tolist(), w_end.tolist(), w_read.tolist()
         row_l, full_l = first_row.tolist(), full.tolist()
         out: list[tuple[str, ClosedWindow]] = []
@@ -604,14 +642,17 @@ class WindowStore:
             s = slot_l[w]
             a, b = row_l[w], row_l[w + 1]
             if full_l[w]:
-                features = dict(zip(names[s], flat[a * 7 : b * 7], strict=True))
+                nm = names[s]
+                if nm is None:
+                    nm = self._names_of(s)
+                features = dict(zip(nm, flat[a * 7 : b * 7], strict=True))
             else:
                 features = {}
-                metric = self._cell_metric
                 for row in range(a, b):
                     if present[row]:
                         features.update(zip(
-                            _names(metric[cell[row]]), flat[row * 7 : row * 7 + 7], strict=True,
+                            _names(metrics[cell_metric[cell[row]]]), flat[row * 7 : row * 7 + 7],
+                            strict=True,
                         ))
             e = end_l[w]
             append((sids[s], ClosedWindow((e - k) * hop, e * hop, features, read_l[w])))
@@ -637,8 +678,10 @@ class WindowStore:
     def snapshot(self) -> bytes:
         """Compact state: per sensor its clocks and metrics, and only the live panes.
 
-        Everything is a handful of numpy arrays (no per-sensor Python objects), which is what
-        makes pickling 100,000 sensors fast; stale ring slots are left out.
+        A few packed arrays per shard (no per-sensor Python objects), which is what makes
+        pickling 100,000 sensors fast. Stale ring slots are left out, and the time statistics
+        of a pane (count, Σt, Σt², last t), which all metrics of a reading share, are stored
+        once per sensor and pane, with only the metrics that differ kept on their own.
         """
         n, nc_cells, k, ring = self._n_sensors, self._n_cells, self._k, self._ring
         nc = self._next_close[:n]
@@ -648,25 +691,33 @@ class WindowStore:
         owner = self._cell_sensor[:nc_cells]
         c_live = self._cell_pane[:nc_cells] >= low[owner][:, None]
         cs, crs = np.nonzero(c_live)
-        metrics: dict[str, int] = {}
-        metric_idx = np.array(
-            [metrics.setdefault(m, len(metrics)) for m in self._cell_metric], np.int64
-        )
-        rel = np.int8 if ring < 120 else np.int32
         stats = self._stats[cs, crs]
+        # each live cell pane's sensor pane, and that sensor pane's shared time statistics
+        sp_of = np.full((n, ring), -1, np.int64)
+        sp_of[ps, prs] = np.arange(len(ps))
+        sp = sp_of[owner[cs], crs]
+        times = stats[:, _TIMES]
+        shared = np.zeros((len(ps), len(_TIMES)), np.float64)
+        first_sp, first_at = np.unique(sp, return_index=True)
+        shared[first_sp] = times[first_at]
+        odd = ((times != shared[sp]).sum(axis=1) > 0).nonzero()[0]
+        per = np.uint8 if ring < 256 else np.int32
+        rel = np.int8 if ring < 120 else np.int32
         arrays = (
             self._max_ts[:n], nc, self._first_pane[:n],
-            _small(owner), _small(metric_idx), self._ref[:nc_cells],
-            _small(ps), (self._pane[:n][ps, prs] - low[ps]).astype(rel),
-            _small(self._count[:n][ps, prs]),
-            _small(cs), (self._cell_pane[:nc_cells][cs, crs] - low[owner[cs]]).astype(rel),
-            _small(stats[:, _N].astype(np.int64)),
-            _small(np.round(stats[:, _LT] * 1000).astype(np.int64)),
-            stats[:, [_SV, _SVV, _ST, _STT, _STV, _MIN, _MAX, _LV]],
+            _small(owner), _small(self._cell_metric[:nc_cells]), self._ref[:nc_cells],
+            _count(s_live, axis=1).astype(per), (self._pane[:n][ps, prs] - low[ps]).astype(rel),
+            _small(self._count[:n][ps, prs]), _small(shared[:, 0].astype(np.int64)),
+            _small(np.round(shared[:, 3] * 1000).astype(np.int64)), shared[:, 1:3],
+            _count(c_live, axis=1).astype(per),
+            (self._cell_pane[:nc_cells][cs, crs] - low[owner[cs]]).astype(rel),
+            stats[:, _VALUES],
+            _small(odd), _small(times[odd, 0].astype(np.int64)),
+            _small(np.round(times[odd, 3] * 1000).astype(np.int64)), times[odd, 1:3],
         )
         # raw bytes plus a dtype letter: a pickled ndarray costs ~150 bytes of framing each
         packed = tuple((a.dtype.char, np.ascontiguousarray(a).tobytes()) for a in arrays)
-        state = (_FORMAT, self.spec.hop_ms, k, self._sids, list(metrics), packed)
+        state = (_FORMAT, self.spec.hop_ms, k, self._sids, self._metrics, packed)
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
@@ -676,21 +727,22 @@ class WindowStore:
         if fmt != _FORMAT or (hop, k) != (spec.hop_ms, spec.panes):
             raise ValueError("window state was saved for another window geometry")
         (
-            max_ts, nc, first_pane, owner, metric_idx, ref, ps, p_rel, p_count, cs, c_rel,
-            c_n, c_lt, c_rest,
+            max_ts, nc, first_pane, owner, cell_metric, ref, p_per, p_rel, p_count, sh_n,
+            sh_lt, sh_t, c_per, c_rel, values, odd, odd_n, odd_lt, odd_t,
         ) = (np.frombuffer(b, dtype=np.dtype(ch)) for ch, b in packed)
-        c_rest = c_rest.reshape(-1, 8)
         w = cls(spec)
         n, nc_cells = len(sids), len(ref)
         cap, ccap = max(16, n), max(64, nc_cells)
         r = w._ring
         w._n_sensors, w._n_cells = n, nc_cells
         w._sids = list(sids)
+        w._metrics = list(metrics)
+        w._metric_ids = {m: i for i, m in enumerate(w._metrics)}
         w._max_ts = _grow(max_ts.astype(np.int64), cap, _NONE)
         w._next_close = _grow(nc.astype(np.int64), cap, 0)
         w._first_pane = _grow(first_pane.astype(np.int64), cap, 0)
         low = w._next_close[:n] + 1 - k
-        ps = ps.astype(np.int64)
+        ps = np.arange(n).repeat(p_per)
         pane = low[ps] + p_rel
         w._pane = np.full((cap, r), _NONE, np.int64)
         w._count = np.zeros((cap, r), np.int64)
@@ -698,24 +750,32 @@ class WindowStore:
         w._count[ps, pane % r] = p_count
         owner = owner.astype(np.int64)
         w._cell_sensor = _grow(owner, ccap, 0)
+        w._cell_metric = _grow(cell_metric.astype(np.int64), ccap, 0)
         w._ref = _grow(ref.astype(np.float64), ccap, np.nan)
-        cs = cs.astype(np.int64)
+        cs = np.arange(nc_cells).repeat(c_per)
         cpane = low[owner[cs]] + c_rel
+        sp_of = np.full((n, r), -1, np.int64)
+        sp_of[ps, pane % r] = np.arange(len(ps))
+        sp = sp_of[owner[cs], cpane % r]
+        times = np.empty((len(cs), len(_TIMES)), np.float64)
+        times[:, 0] = sh_n[sp]
+        times[:, 1:3] = sh_t.reshape(-1, 2)[sp]
+        times[:, 3] = sh_lt[sp] / 1000.0
+        odd = odd.astype(np.int64)
+        times[odd, 0] = odd_n
+        times[odd, 1:3] = odd_t.reshape(-1, 2)
+        times[odd, 3] = odd_lt / 1000.0
+        stats = np.empty((len(cs), _NSTATS), np.float64)
+        stats[:, _TIMES] = times
+        stats[:, _VALUES] = values.reshape(-1, len(_VALUES))
         w._cell_pane = np.full((ccap, r), _NONE, np.int64)
         w._stats = np.zeros((ccap, r, _NSTATS), np.float64)
         w._cell_pane[cs, cpane % r] = cpane
-        stats = np.empty((len(cs), _NSTATS), np.float64)
-        stats[:, _N] = c_n
-        stats[:, _LT] = c_lt / 1000.0
-        stats[:, [_SV, _SVV, _ST, _STT, _STV, _MIN, _MAX, _LV]] = c_rest
         w._stats[cs, cpane % r] = stats
-        w._cell_metric = [metrics[i] for i in metric_idx.tolist()]
-        w._metric_cell = [{} for _ in range(n)]
-        w._flat_names = [() for _ in range(n)]
-        for c, (s, m) in enumerate(zip(owner.tolist(), w._cell_metric, strict=True)):
-            w._metric_cell[s][m] = c
-            w._flat_names[s] += _names(m)
-        w._rec = {sid: [slot, None, (), _getter(()), 0] for slot, sid in enumerate(w._sids)}
+        # per-sensor dicts and names are rebuilt when a sensor is next seen
+        w._metric_cell = [None] * n
+        w._flat_names = [None] * n
+        w._restored = dict(zip(w._sids, range(n), strict=True))  # records built on first sight
         return w
 
 
