@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -907,13 +907,3 @@ class SensorWindows:
         w._store = WindowStore.restore(spec, blob)
         w._pending = [Row(cls._SID, ts, dict(items)) for ts, items in pending]
         return w
-
-
-def features_of(rows: Sequence[tuple[int, Mapping[str, float]]], spec: WindowSpec) -> list:
-    """Windows of one sensor's readings fed in order (a convenience for tools and tests)."""
-    w = SensorWindows(spec)
-    out: list[ClosedWindow] = []
-    for ts, values in rows:
-        w.add(ts, values)
-        out += w.close_ready()
-    return out + w.flush()
