@@ -210,8 +210,8 @@ class _Batch(NamedTuple):
     """One batch as flat arrays: per reading, and per value (``vread``: its reading)."""
 
     slot: I64
-    ts: I64
     pane: I64
+    offset: I64  # ms after the pane start
     cell: I64
     val: F64
     vread: I64
@@ -399,7 +399,7 @@ class WindowStore:
             self._first_pane[slot[fresh]] = pane[fresh]
         n_late = _count(late)
         acc_pos = (~late).nonzero()[0] if n_late else np.arange(n)
-        batch = _Batch(slot, ts, pane, cell, val, np.arange(n).repeat(lens), n, once)
+        batch = _Batch(slot, pane, ts - pane * hop, cell, val, np.arange(n).repeat(lens), n, once)
         newest_pane = newest // hop
         closed: list[_Closed] = []
         todo = acc_pos
@@ -422,19 +422,23 @@ class WindowStore:
         # the final close of every sensor with an accepted reading; windows come out ordered
         # by each sensor's first accepted reading in the batch, then by end
         acc_slots = slot[acc_pos]
-        first_acc = np.full(self._n_sensors, n, np.int64)
         if once:
             touched = acc_slots
             self._max_ts[touched] = newest[acc_pos]
-            first_acc[touched] = acc_pos
         else:
             last_newest = np.full(self._n_sensors, _NONE, np.int64)
             np.maximum.at(last_newest, acc_slots, newest[acc_pos])
             touched = (last_newest != _NONE).nonzero()[0]
             self._max_ts[touched] = last_newest[touched]
-            np.minimum.at(first_acc, acc_slots, acc_pos)
         closed.append(self._close(touched, (self._max_ts[touched] - lateness) // hop))
-        windows = self._emit(closed, first_acc)
+        windows: list[tuple[str, ClosedWindow]] = []
+        if any(len(c.slot) for c in closed):
+            first_acc = np.full(self._n_sensors, n, np.int64)
+            if once:
+                first_acc[acc_slots] = acc_pos
+            else:
+                np.minimum.at(first_acc, acc_slots, acc_pos)
+            windows = self._emit(closed, first_acc)
         if not n_late:
             return BatchResult(windows, [], n)
         late_at = late.nonzero()[0]
@@ -478,12 +482,13 @@ class WindowStore:
         """Add the accepted readings at ``pos`` (arrival order, within ring reach) to panes."""
         if not len(pos):
             return
-        k, ring, hop = self._k, self._ring, self.spec.hop_ms
-        s, p = b.slot[pos], b.pane[pos]
+        k, ring = self._k, self._ring
+        whole = len(pos) == b.n
+        s, p = (b.slot, b.pane) if whole else (b.slot[pos], b.pane[pos])
         lower = p < self._first_pane[s]
         if _count(lower):
             np.minimum.at(self._first_pane, s[lower], p[lower])
-        if len(pos) == b.n:
+        if whole:
             vr, vc, vv = b.vread, b.cell, b.val
         else:
             picked = np.zeros(b.n, np.bool_)
@@ -524,12 +529,25 @@ class WindowStore:
         self._pane[us, rs] = up
         if not len(vc):
             return
-        vt, vp = b.ts[vr], b.pane[vr]
+        vp = b.pane[vr]
         v = vv - ref
-        t = (vt - vp * hop) / 1000.0
+        t = b.offset[vr] / 1000.0  # seconds after the pane start
         if b.once:  # one reading per sensor: every (cell, pane) gets a single value
             gc, gp = vc, vp
-            starts = None
+            grs = gp % ring
+            acc = self._stats[gc, grs]
+            acc[self._cell_pane[gc, grs] != gp] = _IDENT  # a stale slot starts empty
+            acc[:, _N] += 1.0
+            acc[:, _SV] += v
+            acc[:, _SVV] += v * v
+            acc[:, _ST] += t
+            acc[:, _STT] += t * t
+            acc[:, _STV] += t * v
+            np.minimum(acc[:, _MIN], v, out=acc[:, _MIN])
+            np.maximum(acc[:, _MAX], v, out=acc[:, _MAX])
+            newer = t >= acc[:, _LT]  # equal time: the later arrival wins
+            acc[newer, _LT] = t[newer]
+            acc[newer, _LV] = v[newer]
         else:  # group by (cell, pane), arrival order kept within a group
             pmin = int(vp.min())
             pspan = int(vp.max()) - pmin + 1
@@ -543,25 +561,10 @@ class WindowStore:
             np.logical_or(vc[1:] != vc[:-1], vp[1:] != vp[:-1], out=brk[1:])
             starts = brk.nonzero()[0]
             gc, gp = vc[starts], vp[starts]
-        grs = gp % ring
-        acc = self._stats[gc, grs]
-        acc[self._cell_pane[gc, grs] != gp] = _IDENT  # a stale slot starts empty
-        terms = np.empty((len(v), 6), np.float64)
-        terms[:, 0] = 1.0
-        terms[:, 1] = v
-        terms[:, 2] = v * v
-        terms[:, 3] = t
-        terms[:, 4] = t * t
-        terms[:, 5] = t * v
-        if starts is None:
-            acc[:, :6] += terms
-            np.minimum(acc[:, _MIN], v, out=acc[:, _MIN])
-            np.maximum(acc[:, _MAX], v, out=acc[:, _MAX])
-            newer = t >= acc[:, _LT]  # equal time: the later arrival wins
-            acc[newer, _LT] = t[newer]
-            acc[newer, _LV] = v[newer]
-        else:
-            _add_in_order(acc, terms, v, t, starts)
+            grs = gp % ring
+            acc = self._stats[gc, grs]
+            acc[self._cell_pane[gc, grs] != gp] = _IDENT  # a stale slot starts empty
+            _add_in_order(acc, v, t, starts)
         self._stats[gc, grs] = acc
         self._cell_pane[gc, grs] = gp
 
@@ -791,7 +794,7 @@ _Z.flags.writeable = False
 _NO_WINDOWS = _Closed(_Z, _Z, _Z, _Z, _Z, np.zeros(0, np.bool_), np.zeros((0, 7), np.float64))
 
 
-def _add_in_order(acc: F64, terms: F64, v: F64, t: F64, starts: I64) -> None:
+def _add_in_order(acc: F64, v: F64, t: F64, starts: I64) -> None:
     """Add grouped values to pane statistics ``acc`` (one row per group) in arrival order.
 
     The sums grow one value at a time, in the order the readings arrived, exactly as a
@@ -800,6 +803,13 @@ def _add_in_order(acc: F64, terms: F64, v: F64, t: F64, starts: I64) -> None:
     The loop runs over position within a group, each step vectorised across groups.
     """
     m = len(v)
+    terms = np.empty((m, 6), np.float64)
+    terms[:, 0] = 1.0
+    terms[:, 1] = v
+    terms[:, 2] = v * v
+    terms[:, 3] = t
+    terms[:, 4] = t * t
+    terms[:, 5] = t * v
     ends = np.empty_like(starts)
     ends[:-1] = starts[1:]
     ends[-1] = m
