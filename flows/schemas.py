@@ -31,10 +31,10 @@ _MAX_EPOCH_MS = 7_258_118_400_000
 class Reading(msgspec.Struct, frozen=True, dict=True):
     """One sample of one sensor: a timestamp and one or more named metric values.
 
-    ``ts_ms`` (integer epoch milliseconds, the unit windows work in) is worked out once when
-    the reading is built and kept beside the fields (``dict=True``), never encoded: the
-    decoder's horizon check and the window stage both need it, and converting an aware
-    datetime costs more than everything else the stage does per reading.
+    ``ts_ms`` (integer epoch milliseconds, the unit windows work in) is set when the reading
+    is built and kept beside the fields (``dict=True``; never encoded or compared). The
+    decoder's horizon check and the window stage both read it, so an aware datetime is
+    converted once instead of twice, and epoch-millisecond input is never converted back.
     """
 
     sensor_id: SensorId
