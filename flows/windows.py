@@ -19,7 +19,8 @@ Contract
 * Per metric the features are ``FEATURES``: mean, std (population), min, max, last (value at
   the newest timestamp; of equal timestamps the one that arrived last), slope (least-squares,
   units per second; 0 when all timestamps are equal) and count. A reading may carry any subset
-  of metrics; a window has the features of the metrics that occur in it.
+  of metrics; a window has the features of the metrics that occur in it, listed in the order
+  the sensor first sent each metric.
 * Features do not depend on how the input is cut into batches, to the bit: pane sums grow in
   arrival order and a window adds its panes oldest first, the order a reading-by-reading loop
   would use. (So the flow and ``flows.offline`` agree exactly.)
