@@ -733,8 +733,11 @@ class WindowStore:
 
     @classmethod
     def restore(cls, spec: WindowSpec, blob: bytes) -> WindowStore:
-        """Rebuild from ``snapshot()`` output."""
-        fmt, hop, k, sids, metrics, packed = pickle.loads(blob)
+        """Rebuild from ``snapshot()`` output (or from a recovery store of per-sensor objects)."""
+        state = pickle.loads(blob)
+        if isinstance(state, dict):
+            return cls._from_sensor_windows(spec, state)
+        fmt, hop, k, sids, metrics, packed = state
         if fmt != _FORMAT or (hop, k) != (spec.hop_ms, spec.panes):
             raise ValueError("window state was saved for another window geometry")
         (
@@ -787,6 +790,36 @@ class WindowStore:
         w._metric_cell = [None] * n
         w._flat_names = [None] * n
         w._restored = dict(zip(w._sids, range(n), strict=True))  # records built on first sight
+        return w
+
+    @classmethod
+    def _from_sensor_windows(cls, spec: WindowSpec, state: dict[str, tuple]) -> WindowStore:
+        """The state of a recovery store written when each sensor was a ``SensorWindows`` object.
+
+        That format was ``{sensor_id: (newest ms, next_close, first pane, metrics, reference
+        values, ((pane, readings, float64 bytes: 10 stats per metric, zeros if absent), ...))}``
+        with the same statistics, so a flow upgraded in place resumes with identical windows.
+        """
+        w = cls(spec)
+        k, ring = w._k, w._ring
+        for sid, (max_ts, next_close, first_pane, metrics, refs, panes) in state.items():
+            slot, cells, _, _ = w._learn(sid, dict.fromkeys(metrics, 0.0))
+            if max_ts is not None:
+                w._max_ts[slot] = max_ts
+            w._next_close[slot] = next_close
+            w._first_pane[slot] = first_pane
+            w._ref[list(cells)] = refs
+            for pane, readings, packed in panes:
+                if pane < next_close + 1 - k:
+                    continue  # no window still to be decided uses it
+                rs = pane % ring
+                w._pane[slot, rs] = pane
+                w._count[slot, rs] = readings
+                stats = np.frombuffer(packed, np.float64).reshape(len(metrics), _NSTATS)
+                for c, row in zip(cells, stats, strict=True):
+                    if row[_N]:
+                        w._cell_pane[c, rs] = pane
+                        w._stats[c, rs] = row
         return w
 
 

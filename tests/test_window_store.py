@@ -11,15 +11,17 @@ give the same windows, the same late decisions and the same features to 1e-9.
 from __future__ import annotations
 
 import math
+import pickle
 import random
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flows.schemas import Reading
 from flows.stages import FeatureStage
-from flows.windows import FEATURES, Row, WindowSpec, WindowStore
+from flows.windows import FEATURES, ClosedWindow, Row, WindowSpec, WindowStore
 
 T0 = 1_700_000_000_000
 
@@ -293,3 +295,21 @@ def test_snapshot_is_under_1600_bytes_per_sensor_with_four_metrics():
             for j in range(1000)
         ]])
     assert len(store.snapshot()) / 1000 < 1600  # SensorWindows dicts took 2,090
+
+
+def test_a_recovery_store_of_per_sensor_objects_resumes_with_identical_windows():
+    """Snapshots written when each sensor was a SensorWindows object (recorded with that code,
+    tests/data/windows_v0_snapshot.pickle) restore into the column-wise store exactly."""
+    with (Path(__file__).parent / "data" / "windows_v0_snapshot.pickle").open("rb") as fh:
+        fixture = pickle.load(fh)
+    spec = WindowSpec(*fixture["spec"])
+    stage = FeatureStage.restore(spec, fixture["snapshot"])
+    for rows, (windows, late, accepted) in zip(fixture["later"], fixture["outputs"], strict=True):
+        out = stage.process([[Reading(*row) for row in rows]])
+        assert [(s, *_flat(w)) for s, w in out.windows] == windows  # bit for bit
+        assert [d.detail for d in out.late] == late and out.accepted == accepted
+    assert [(s, *_flat(w)) for s, w in stage.flush().windows] == fixture["flush"]
+
+
+def _flat(w: ClosedWindow) -> tuple[int, int, int, dict[str, float]]:
+    return w.start_ms, w.end_ms, w.readings, w.features
