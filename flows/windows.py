@@ -64,8 +64,9 @@ that sensor, closing its due windows between rounds. That gives the same windows
 window is only closed once no accepted reading can still fall into it.
 
 ``snapshot()`` keeps only live panes (those a future window can still use) in compact
-arrays; ``restore()`` rebuilds identical behaviour. ``SensorWindows`` is a one-sensor view of
-the same machinery for tests and tools.
+arrays; ``restore()`` rebuilds identical behaviour, also from recovery stores written when
+each sensor was its own ``SensorWindows`` object. ``SensorWindows`` is now a one-sensor view
+of the same machinery, for tests and tools.
 """
 
 from __future__ import annotations
