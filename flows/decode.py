@@ -94,7 +94,7 @@ class BatchDecoder:
     def __call__(self, batch: RawBatch, now: datetime | None = None) -> DecodedBatch:
         """Decode every record of ``batch``; ``now`` is injectable for tests."""
         now = now or datetime.now(UTC)
-        horizon_s = now.timestamp() + self.max_future_ms / 1000
+        horizon_ms = now.timestamp() * 1000 + self.max_future_ms
         out = DecodedBatch(produced_ms=batch.produced_ms)
         readings = out.readings
         decode = reading_decoder.decode
@@ -121,7 +121,7 @@ class BatchDecoder:
                 reason, detail = _classify_decode_error(raw, exc)
                 out.dead.append(self._dead(batch, offset, raw, now, reason, detail))
                 continue
-            if reading.ts.timestamp() > horizon_s:  # type: ignore[union-attr]
+            if reading.ts_ms > horizon_ms:
                 out.dead.append(self._dead(
                     batch, offset, raw, now, "future_timestamp",
                     f"`ts` {reading.ts.isoformat()} is more than "  # type: ignore[union-attr]

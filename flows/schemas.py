@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Literal
 
 import msgspec
@@ -27,8 +28,14 @@ AlertStatus = Literal["open", "resolved"]
 _MAX_EPOCH_MS = 7_258_118_400_000
 
 
-class Reading(msgspec.Struct, frozen=True):
-    """One sample of one sensor: a timestamp and one or more named metric values."""
+class Reading(msgspec.Struct, frozen=True, dict=True):
+    """One sample of one sensor: a timestamp and one or more named metric values.
+
+    ``ts_ms`` (integer epoch milliseconds, the unit windows work in) is set when the reading
+    is built and kept beside the fields (``dict=True``; never encoded or compared). The
+    decoder's horizon check and the window stage both read it, so an aware datetime is
+    converted once instead of twice, and epoch-millisecond input is never converted back.
+    """
 
     sensor_id: SensorId
     ts: datetime | int | float
@@ -44,19 +51,22 @@ class Reading(msgspec.Struct, frozen=True):
                 )
             if ts.utcoffset():
                 msgspec.structs.force_setattr(self, "ts", ts.astimezone(UTC))
+            self.__dict__["ts_ms"] = round(ts.timestamp() * 1000)
         else:
             if not 0 <= ts <= _MAX_EPOCH_MS:
                 raise ValueError(
                     f"`ts` {ts!r} is not epoch milliseconds between 1970 and 2200"
                 )
-            msgspec.structs.force_setattr(self, "ts", datetime.fromtimestamp(ts / 1000, UTC))
+            dt = datetime.fromtimestamp(ts / 1000, UTC)
+            msgspec.structs.force_setattr(self, "ts", dt)
+            self.__dict__["ts_ms"] = ts if type(ts) is int else round(dt.timestamp() * 1000)
         for name, value in self.values.items():
             if not math.isfinite(value):  # decoder rejects NaN/inf text; guard direct use
                 raise ValueError(f"`values.{name}` is not a finite number ({value})")
 
-    @property
+    @cached_property
     def ts_ms(self) -> int:
-        """Event time as integer epoch milliseconds, the unit windows are computed in."""
+        """Event time as integer epoch milliseconds (set when built; computed for copies)."""
         return round(self.ts.timestamp() * 1000)  # type: ignore[union-attr]
 
 

@@ -1,9 +1,10 @@
 """The flow's stateful stages as plain classes: one instance per state shard.
 
 Bytewax keys the stream by shard (a stable hash of ``sensor_id``), and each shard's operator
-delegates to these classes, which hold many sensors' state in ordinary dicts. Working a whole
-batch per call instead of one Bytewax item per reading is what keeps per-reading cost at a
-few microseconds. ``snapshot()`` returns bytes; ``restore`` rebuilds identical behaviour.
+delegates to these classes, which hold many sensors' state (the feature stage in numpy
+arrays, ``flows.windows.WindowStore``). Working a whole batch per call instead of one Bytewax
+item per reading is what keeps per-reading cost at a few microseconds. ``snapshot()`` returns
+bytes; ``restore`` rebuilds identical behaviour.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from detectors.base import Verdict
 from detectors.ensemble import Ensemble
 from detectors.policy import AlertPolicy, Incident
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord
-from flows.windows import ClosedWindow, SensorWindows, WindowSpec
+from flows.windows import ClosedWindow, WindowSpec, WindowStore
 
 
 def shard_of(sensor_id: str, shards: int) -> str:
@@ -49,47 +50,30 @@ class FeatureOutput:
 
 
 class FeatureStage:
-    """Event-time windowed features for the sensors of one shard."""
+    """Event-time windowed features for the sensors of one shard (``flows.windows``)."""
 
     def __init__(self, spec: WindowSpec, source_topic: str = "") -> None:
         self.spec = spec
         self.source_topic = source_topic
-        self.sensors: dict[str, SensorWindows] = {}
+        self.windows = WindowStore(spec)
 
     def process(self, batches: list[list[Reading]], now: datetime | None = None) -> FeatureOutput:
         """Add readings in order; emit windows the watermark closed and late readings."""
-        out = FeatureOutput()
-        touched: dict[str, SensorWindows] = {}
-        sensors = self.sensors
-        for batch in batches:
-            for r in batch:
-                sid = r.sensor_id
-                w = sensors.get(sid)
-                if w is None:
-                    w = sensors[sid] = SensorWindows(self.spec)
-                ts_ms = round(r.ts.timestamp() * 1000)  # type: ignore[union-attr]
-                if w.add(ts_ms, r.values):
-                    out.accepted += 1
-                    touched[sid] = w
-                else:
-                    out.late.append(self._late(r, w, now))
-        for sid, w in touched.items():
-            for window in w.close_ready():
-                out.windows.append((sid, window))
+        res = self.windows.process(batches)
+        out = FeatureOutput(res.windows, accepted=res.accepted)
+        if res.late:
+            flat = [r for batch in batches for r in batch]
+            out.late = [self._late(flat[i], newest, now) for i, newest in res.late]
         return out
 
     def flush(self) -> FeatureOutput:
         """End of a finite input: emit every window that still holds data."""
-        out = FeatureOutput()
-        for sid, w in self.sensors.items():
-            out.windows.extend((sid, window) for window in w.flush())
-        return out
+        return FeatureOutput(self.windows.flush())
 
-    def _late(self, r: Reading, w: SensorWindows, now: datetime | None) -> DeadLetter:
+    def _late(self, r: Reading, newest_ms: int, now: datetime | None) -> DeadLetter:
         from flows.schemas import encoder
 
-        assert w.max_ts is not None
-        newest = datetime.fromtimestamp(w.max_ts / 1000, UTC)
+        newest = datetime.fromtimestamp(newest_ms / 1000, UTC)
         return DeadLetter(
             reason="late",
             detail=(
@@ -106,19 +90,14 @@ class FeatureStage:
         )
 
     def snapshot(self) -> bytes:
-        """Every sensor's window state."""
-        return pickle.dumps(
-            {sid: w.snapshot() for sid, w in self.sensors.items()},
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
+        """Every sensor's window state (``WindowStore.snapshot``)."""
+        return self.windows.snapshot()
 
     @classmethod
     def restore(cls, spec: WindowSpec, state: bytes, source_topic: str = "") -> FeatureStage:
         """Rebuild from ``snapshot()``."""
         stage = cls(spec, source_topic)
-        stage.sensors = {
-            sid: SensorWindows.restore(spec, s) for sid, s in pickle.loads(state).items()
-        }
+        stage.windows = WindowStore.restore(spec, state)
         return stage
 
 
