@@ -61,9 +61,10 @@ class _Features:
 
 
 class _WindowedFeatures(StatefulBatchLogic[tuple[int, list[Reading]], _Features, bytes]):
-    def __init__(self, stage: FeatureStage, snapshots: bool = True) -> None:
+    def __init__(self, stage: FeatureStage, snapshots: bool = True, shards: int = 0) -> None:
         self.stage = stage
         self.snapshots = snapshots
+        self.shards = shards
         self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels("windowed_features")
 
     def on_batch(self, values: list[tuple[int, list[Reading]]]) -> tuple[list[_Features], bool]:
@@ -86,13 +87,14 @@ class _WindowedFeatures(StatefulBatchLogic[tuple[int, list[Reading]], _Features,
         t0 = time.perf_counter()
         state = self.stage.snapshot()
         self._snapshot_seconds.observe(time.perf_counter() - t0)
-        return state
+        return tag_state(state, self.shards) if self.shards else state
 
 
 class _ScoreWindows(StatefulBatchLogic[_Features, ScoreOutput, bytes]):
-    def __init__(self, stage: ScoreStage, snapshots: bool = True) -> None:
+    def __init__(self, stage: ScoreStage, snapshots: bool = True, shards: int = 0) -> None:
         self.stage = stage
         self.snapshots = snapshots
+        self.shards = shards
         stage.ensemble.detectors = metrics.timed(stage.ensemble.detectors)
         self._version: str | None = None
         self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels("score_windows")
@@ -154,7 +156,38 @@ class _ScoreWindows(StatefulBatchLogic[_Features, ScoreOutput, bytes]):
         t0 = time.perf_counter()
         state = self.stage.snapshot()
         self._snapshot_seconds.observe(time.perf_counter() - t0)
+        return tag_state(state, self.shards) if self.shards else state
+
+
+_STATE_MAGIC = b"VGS1"  # recovered state tagged with the shard count it was written under
+
+
+class ShardCountMismatch(RuntimeError):
+    """A recovery store written under another ``VIGIL_STATE_SHARDS`` than this flow's."""
+
+
+def tag_state(state: bytes, shards: int) -> bytes:
+    """Prefix a shard's snapshot with the shard count that decides which sensors it holds."""
+    return _STATE_MAGIC + shards.to_bytes(4, "big") + state
+
+
+def untag_state(state: bytes, shards: int) -> bytes:
+    """The snapshot without its tag; refuses state written under another shard count.
+
+    Sensors are placed by ``crc32(sensor_id) % shards``: restored under another count, a
+    shard's state would belong to other sensors than the ones now routed to it, and about
+    half the fleet would silently start over. Snapshots from before the tag are accepted.
+    """
+    if not state.startswith(_STATE_MAGIC):
         return state
+    written = int.from_bytes(state[4:8], "big")
+    if written != shards:
+        raise ShardCountMismatch(
+            f"the recovery store was written with VIGIL_STATE_SHARDS={written}, this flow runs "
+            f"with {shards}: set VIGIL_STATE_SHARDS={written} again, or start from a fresh "
+            "recovery store (docs/operations.md)"
+        )
+    return state[8:]
 
 
 def _count_decoded(batch: DecodedBatch, raw_count: int) -> DecodedBatch:
@@ -220,16 +253,19 @@ def build_flow(
     log.info("detectors: %s", names)
     log.info("recovery snapshots: %s", "on" if keep else "off (no recovery directory)")
 
+    shards = settings.state_shards
+
     def new_features(state: bytes | None) -> _WindowedFeatures:
         if state is None:
-            return _WindowedFeatures(FeatureStage(spec, topic), keep)
-        return _WindowedFeatures(FeatureStage.restore(spec, state, topic), keep)
+            return _WindowedFeatures(FeatureStage(spec, topic), keep, shards)
+        stage = FeatureStage.restore(spec, untag_state(state, shards), topic)
+        return _WindowedFeatures(stage, keep, shards)
 
     def new_scorer(state: bytes | None) -> _ScoreWindows:
         stage = build_score_stage(settings)
         if state is not None:
-            stage.restore(state)
-        return _ScoreWindows(stage, keep)
+            stage.restore(untag_state(state, shards))
+        return _ScoreWindows(stage, keep, shards)
 
     flow = Dataflow("vigil_detect")
     raw = op.input("read_readings", flow, source or _default_source(settings))

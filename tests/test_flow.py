@@ -110,3 +110,20 @@ def test_recovery_after_a_crash_gives_the_same_alerts_and_scores(tmp_path):
 
 def test_fast_settings_are_valid():
     FAST.validate()
+
+
+def test_a_recovery_store_from_another_shard_count_is_refused_with_a_clear_message(tmp_path):
+    import dataclasses
+
+    from flows.detect import ShardCountMismatch, tag_state, untag_state
+
+    batches = to_batches(encode_all(synthetic_readings()), size=400)
+    store = init_recovery(tmp_path / "rec")
+    items = [*batches[:8], TestingSource.ABORT(), *batches[8:]]
+    run_flow(items, settings=dataclasses.replace(FAST, state_shards=16), recovery_dir=store)
+    with pytest.raises(Exception, match="VIGIL_STATE_SHARDS=16, this flow runs with 8"):
+        run_flow(items, settings=dataclasses.replace(FAST, state_shards=8), recovery_dir=store)
+    assert untag_state(tag_state(b"x", 8), 8) == b"x"
+    assert untag_state(b"untagged, from before", 8) == b"untagged, from before"
+    with pytest.raises(ShardCountMismatch):
+        untag_state(tag_state(b"x", 16), 8)
