@@ -378,12 +378,13 @@ class HalfSpaceTreesDetector:
 
         order = np.argsort(-per_metric, axis=1, kind="stable")[:, :3].tolist()
         metrics = g.metrics
+        per_metric_rows = per_metric.tolist()
         for j, i in enumerate(pos):
             if warming[j]:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
             else:
-                pm = per_metric[j]
-                top = [Contributor(metrics[k], round(float(pm[k]), 3)) for k in order[j]]
+                pm = per_metric_rows[j]
+                top = [Contributor(metrics[k], round(pm[k], 3)) for k in order[j]]
                 # tie-break HST's saturating mass score by how far the window deviates
                 verdicts[i] = Verdict(scores[j] + umax[j], bool(anomalous[j]), top)
 
