@@ -306,11 +306,21 @@ def _flow_env(bootstrap: str, topics: dict[str, str], args: argparse.Namespace) 
     })
     if args.detectors:
         env["VIGIL_DETECTORS"] = args.detectors
-    if args.poll_ms is not None:
-        env["VIGIL_CONSUMER_POLL_MS"] = str(args.poll_ms)
-    if args.shards is not None:
-        env["VIGIL_STATE_SHARDS"] = str(args.shards)
+    for var, value in _flow_overrides(args).items():
+        env[var] = value
     return env
+
+
+def _flow_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The VIGIL_* settings this run sets for the flow from its flags."""
+    return {
+        var: str(value) for var, value in (
+            ("VIGIL_CONSUMER_POLL_MS", args.poll_ms),
+            ("VIGIL_STATE_SHARDS", args.shards),
+            ("VIGIL_PRODUCER_LINGER_MS", args.linger_ms),
+            ("VIGIL_FETCH_WAIT_MAX_MS", args.fetch_wait_ms),
+        ) if value is not None
+    }
 
 
 def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
@@ -318,10 +328,7 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
     """Start the flow and the consumer, produce every step, drain, and analyse."""
     from confluent_kafka import Producer
 
-    settings = Settings.from_env({
-        k: str(v) for k, v in (("VIGIL_CONSUMER_POLL_MS", args.poll_ms),
-                               ("VIGIL_STATE_SHARDS", args.shards)) if v is not None
-    })
+    settings = Settings.from_env(_flow_overrides(args))
     lateness_ms = round(settings.allowed_lateness.total_seconds() * 1000)
     fleet = Fleet(args.sensors, metric_names(args.metrics), args.seed,
                   interval=parse_duration(args.interval), anomaly_rate=args.anomaly_rate)
@@ -494,6 +501,11 @@ def parser() -> argparse.ArgumentParser:
                    help="VIGIL_CONSUMER_POLL_MS for the flow (default: its own, 10)")
     p.add_argument("--shards", type=positive_int, metavar="N",
                    help="VIGIL_STATE_SHARDS for the flow (default: its own)")
+    p.add_argument("--linger-ms", type=int, metavar="MS",
+                   help="VIGIL_PRODUCER_LINGER_MS for the flow's output producer (default: its "
+                        "own)")
+    p.add_argument("--fetch-wait-ms", type=int, metavar="MS",
+                   help="VIGIL_FETCH_WAIT_MAX_MS for the flow's consumer (default: its own)")
     p.add_argument("--brokers", metavar="HOST:PORT",
                    help="use this broker instead of starting the test broker")
     p.add_argument("--json", type=Path, metavar="OUT.json")
