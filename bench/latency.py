@@ -52,6 +52,7 @@ from bench.throughput import (
     git_commit,
     metric_names,
     open_broker,
+    topic_env,
     versions,
 )
 from flows.cli import positive_float, positive_int
@@ -294,12 +295,8 @@ def analyse(
 # --- the run ---------------------------------------------------------------------------------
 def _flow_env(bootstrap: str, topics: dict[str, str], args: argparse.Namespace) -> dict[str, str]:
     env = base_flow_env()
+    env.update(topic_env(bootstrap, topics))
     env.update({
-        "VIGIL_BROKERS": bootstrap,
-        "VIGIL_READINGS_TOPIC": topics["readings"],
-        "VIGIL_ALERTS_TOPIC": topics["alerts"],
-        "VIGIL_SCORES_TOPIC": topics["scores"],
-        "VIGIL_DEAD_LETTER_TOPIC": topics["dead"],
         "VIGIL_METRICS_PORT": "0",
         "VIGIL_LOG_FORMAT": "text",
         "PYTHONUNBUFFERED": "1",

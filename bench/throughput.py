@@ -351,16 +351,23 @@ def base_flow_env() -> dict[str, str]:
     }
 
 
+def topic_env(bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
+    """The flow's broker and topic settings, from topics keyed readings/alerts/scores/dead."""
+    return {
+        "VIGIL_BROKERS": bootstrap,
+        "VIGIL_READINGS_TOPIC": topics["readings"],
+        "VIGIL_ALERTS_TOPIC": topics["alerts"],
+        "VIGIL_SCORES_TOPIC": topics["scores"],
+        "VIGIL_DEAD_LETTER_TOPIC": topics["dead"],
+    }
+
+
 # --- one flow run ----------------------------------------------------------------------------
 def flow_env(cfg: _Config, topics: dict[str, str], metrics_port: int) -> dict[str, str]:
     """The flow's environment: the parent's minus VIGIL_* (bar credentials), plus this run's."""
     env = base_flow_env()
+    env.update(topic_env(cfg.bootstrap, {**topics, "readings": cfg.readings_topic}))
     env.update({
-        "VIGIL_BROKERS": cfg.bootstrap,
-        "VIGIL_READINGS_TOPIC": cfg.readings_topic,
-        "VIGIL_ALERTS_TOPIC": topics["alerts"],
-        "VIGIL_SCORES_TOPIC": topics["scores"],
-        "VIGIL_DEAD_LETTER_TOPIC": topics["dead"],
         "VIGIL_EXIT_AT_END": "true",
         "VIGIL_WINDOW_LENGTH": cfg.window,
         "VIGIL_WINDOW_HOP": cfg.hop,

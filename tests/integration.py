@@ -13,6 +13,7 @@ import msgspec
 from confluent_kafka import Producer
 
 from bench.broker import read_all
+from bench.throughput import topic_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -21,14 +22,8 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 def flow_env(bootstrap: str, topics: dict[str, str], **settings: str) -> dict[str, str]:
     """Environment for a flow subprocess: the parent's, minus VIGIL_*, plus these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    env.update({
-        "VIGIL_BROKERS": bootstrap,
-        "VIGIL_READINGS_TOPIC": topics["readings"],
-        "VIGIL_ALERTS_TOPIC": topics["alerts"],
-        "VIGIL_SCORES_TOPIC": topics["scores"],
-        "VIGIL_DEAD_LETTER_TOPIC": topics["dead"],
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(topic_env(bootstrap, topics))
+    env["PYTHONUNBUFFERED"] = "1"
     env.update({f"VIGIL_{k.upper()}": v for k, v in settings.items()})
     return env
 
