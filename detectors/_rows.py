@@ -22,9 +22,12 @@ __all__ = ["SensorRows"]
 
 
 class SensorRows:
-    """Sensor id → row of every table in ``tables`` (name → (row shape, dtype, fill))."""
+    """Sensor id → row of every table in ``tables`` (name → (row shape, dtype, fill)).
 
-    def __init__(self, tables: dict[str, tuple[tuple[int, ...], Any, float]]) -> None:
+    ``fill`` is what a new row holds: a scalar, or one value per column of a 1-D row.
+    """
+
+    def __init__(self, tables: dict[str, tuple[tuple[int, ...], Any, Any]]) -> None:
         self.specs = dict(tables)
         self.index: dict[str, int] = {}
         self.free: list[int] = []
@@ -78,18 +81,21 @@ class SensorRows:
             grown[: len(old)] = old
             self.tables[name] = grown
 
+    def refill(self, rows: npt.NDArray[np.intp] | slice) -> None:
+        """Make rows as new, keeping their sensors (e.g. a detector re-baselining them)."""
+        for name, (_, _, fill) in self.specs.items():
+            self.tables[name][rows] = fill
+
     def drop(self, sensor_id: str) -> None:
         """Forget a sensor; its row is refilled and reused by the next new sensor."""
         row = self.index.pop(sensor_id, None)
         if row is not None:
-            for name, (_, _, fill) in self.specs.items():
-                self.tables[name][row] = fill
+            self.refill(np.array([row]))
             self.free.append(row)
 
     def clear(self) -> None:
         """Forget every sensor (the tables keep their capacity)."""
-        for name, (_, _, fill) in self.specs.items():
-            self.tables[name][: self.size] = fill
+        self.refill(slice(0, self.size))
         self.index.clear()
         self.free.clear()
         self.size = 0

@@ -107,6 +107,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from river.anomaly import HalfSpaceTrees
 
+from detectors._rows import SensorRows
 from detectors.base import Verdict, gather, sensor_rounds
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
@@ -121,6 +122,7 @@ DEFAULT_THRESHOLD = 0.35
 _COUNT, _LAST_END, _SINCE = 0, 1, 2  # columns of _Group.meta
 _NOT_ANOMALOUS = np.iinfo(np.int64).min  # _SINCE while the sensor is not in an anomalous run
 _Z_CAP = 1e6  # keeps contributor weights finite for a metric that was perfectly constant
+_SNAPSHOT_VERSION = 2  # 1 (untagged): raw tables with internal row numbers and a free list
 
 
 @dataclass
@@ -129,16 +131,20 @@ class _Group:
 
     keys: tuple[str, ...]  # feature names, grouped by metric
     forest: HalfSpaceTrees
-    mean: np.ndarray  # (capacity, F) float64 EWMA location
-    dev: np.ndarray  # (capacity, F) float64 EWMA absolute deviation
-    meta: np.ndarray  # (capacity, 3) int64: windows learned, last end_ms, anomalous since
-    size: int = 0  # rows handed out so far (high-water mark)
-    free: list[int] = field(default_factory=list)  # rows of forgotten sensors
+    # per sensor: mean/dev (F,) float64 EWMA location and absolute deviation; meta (3,) int64
+    # windows learned, last end_ms, anomalous since
+    table: SensorRows = field(init=False)
     walker: _Walker | None = None  # the forest compiled, once River has built its trees
     metrics: list[str] = field(init=False)
     starts: np.ndarray = field(init=False)  # first column of each metric, for reduceat
 
     def __post_init__(self) -> None:
+        f = len(self.keys)
+        self.table = SensorRows({
+            "mean": ((f,), np.float64, 0.0),
+            "dev": ((f,), np.float64, 0.0),
+            "meta": ((3,), np.int64, (0, 0, _NOT_ANOMALOUS)),
+        })
         metrics: list[str] = []
         starts: list[int] = []
         for j, k in enumerate(self.keys):
@@ -149,31 +155,22 @@ class _Group:
         self.metrics = metrics
         self.starts = np.array(starts, dtype=np.intp)
 
-    @classmethod
-    def empty(cls, keys: tuple[str, ...], forest: HalfSpaceTrees) -> _Group:
-        f = len(keys)
-        return cls(keys, forest, np.zeros((0, f)), np.zeros((0, f)), np.zeros((0, 3), np.int64))
+    @property
+    def mean(self) -> np.ndarray:
+        return self.table["mean"]
 
-    def new_row(self) -> int:
-        """A zeroed row for a new sensor, growing the tables (doubling) when full."""
-        if self.free:
-            return self.free.pop()
-        if self.size == len(self.meta):
-            cap = max(16, 2 * self.size)
-            for name in ("mean", "dev", "meta"):
-                old = getattr(self, name)
-                grown = np.zeros((cap, old.shape[1]), dtype=old.dtype)
-                grown[: self.size] = old[: self.size]
-                setattr(self, name, grown)
-        self.size += 1
-        self.reset(np.array([self.size - 1]))
-        return self.size - 1
+    @property
+    def dev(self) -> np.ndarray:
+        return self.table["dev"]
 
-    def reset(self, rows: np.ndarray) -> None:
-        """Make rows as new (a forgotten or re-baselined sensor)."""
-        self.mean[rows] = 0.0
-        self.dev[rows] = 0.0
-        self.meta[rows] = (0, 0, _NOT_ANOMALOUS)
+    @property
+    def meta(self) -> np.ndarray:
+        return self.table["meta"]
+
+    @property
+    def size(self) -> int:
+        """Rows handed out so far (forgotten sensors' rows are reused first)."""
+        return self.table.size
 
 
 class _Walker:
@@ -307,51 +304,48 @@ class HalfSpaceTreesDetector:
         self.hold_anomalies = hold_anomalies  # False only to show what the hold prevents
         self._wanted = frozenset(self.features)
         self._groups: dict[tuple[str, ...], _Group] = {}
-        self._rows: dict[str, tuple[_Group, int]] = {}
+        self._keys: dict[str, tuple[str, ...]] = {}  # each sensor's feature set (its group)
 
     # -- scoring -----------------------------------------------------------------------------
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         """Score then learn each window; several windows of one sensor go in rounds."""
         verdicts: list[Verdict | None] = [None] * len(batch)
         for indices in sensor_rounds(batch):
-            members: dict[tuple[str, ...], list[tuple[int, int]]] = {}
+            members: dict[tuple[str, ...], list[int]] = {}
             for i in indices:
                 sid, window = batch[i]
-                g, row = self._row(sid, window)
-                members.setdefault(g.keys, []).append((i, row))
+                members.setdefault(self._group(sid, window).keys, []).append(i)
             for keys, group_members in members.items():
                 self._score_group(self._groups[keys], group_members, batch, verdicts)
         return verdicts  # type: ignore[return-value]
 
-    def _row(self, sid: str, window: ClosedWindow) -> tuple[_Group, int]:
-        got = self._rows.get(sid)
-        if got is None:
+    def _group(self, sid: str, window: ClosedWindow) -> _Group:
+        keys = self._keys.get(sid)
+        if keys is None:
             wanted = self._wanted
-            keys = tuple(sorted(
+            keys = self._keys[sid] = tuple(sorted(
                 (k for k in window.features if k.rsplit(".", 1)[-1] in wanted),
                 key=lambda k: k.rsplit(".", 1),  # (metric, feature): a metric's columns adjoin
             ))
-            g = self._groups.get(keys)
-            if g is None:
-                forest = HalfSpaceTrees(
-                    n_trees=self.n_trees, height=self.height,
-                    window_size=self.window_size, seed=self.seed,
-                )
-                g = self._groups[keys] = _Group.empty(keys, forest)
-            got = self._rows[sid] = (g, g.new_row())
-        return got
+        g = self._groups.get(keys)
+        if g is None:
+            forest = HalfSpaceTrees(
+                n_trees=self.n_trees, height=self.height,
+                window_size=self.window_size, seed=self.seed,
+            )
+            g = self._groups[keys] = _Group(keys, forest)
+        return g
 
     def _score_group(
-        self, g: _Group, members: list[tuple[int, int]],
+        self, g: _Group, pos: list[int],
         batch: list[tuple[str, ClosedWindow]], verdicts: list[Verdict | None],
     ) -> None:
         keys = g.keys
         if not keys:  # a sensor without any of our features: nothing to judge
-            for i, _ in members:
+            for i in pos:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
             return
-        pos = [m[0] for m in members]
-        rows = np.fromiter((m[1] for m in members), dtype=np.intp, count=len(members))
+        rows = g.table.rows([batch[i][0] for i in pos])
         x = gather(batch, pos, keys)
         span = np.array([(batch[i][1].start_ms, batch[i][1].end_ms) for i in pos], np.int64)
         mean = g.mean[rows]
@@ -453,7 +447,7 @@ class HalfSpaceTreesDetector:
         if self.rebaseline_after_s:
             run_ms = end - np.where(anomalous, since, end)
             endless = run_ms >= 1000.0 * self.rebaseline_after_s
-            g.reset(rows[endless])
+            g.table.refill(rows[endless])
 
     # -- state -------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -461,26 +455,32 @@ class HalfSpaceTreesDetector:
         for g in self._groups.values():
             if g.walker is not None:
                 g.walker.sync()
-        groups = [
-            (g.keys, g.forest, g.mean[: g.size], g.dev[: g.size], g.meta[: g.size], g.free)
-            for g in self._groups.values()
-        ]
-        rows = {sid: (g.keys, row) for sid, (g, row) in self._rows.items()}
-        return pickle.dumps((groups, rows), protocol=pickle.HIGHEST_PROTOCOL)
+        groups = [(g.keys, g.forest, *g.table.snapshot()) for g in self._groups.values()]
+        return pickle.dumps((_SNAPSHOT_VERSION, groups), protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, state: bytes) -> None:
-        """Replace all learned state with a ``snapshot()``."""
-        groups, rows = pickle.loads(state)
-        self._groups = {}
-        for keys, forest, mean, dev, meta, free in groups:
-            g = _Group(keys, forest, mean.copy(), dev.copy(), meta.copy(), len(meta), list(free))
-            self._groups[keys] = g
-        self._rows = {sid: (self._groups[keys], row) for sid, (keys, row) in rows.items()}
+        """Replace all learned state with a ``snapshot()`` (also one of the older format)."""
+        saved = pickle.loads(state)
+        if isinstance(saved[0], list):  # version 1: ([(keys, forest, mean, dev, meta, free)],
+            old_groups, rows = saved  # {sensor id: (keys, row)})
+            groups = []
+            for keys, forest, mean, dev, meta, _free in old_groups:
+                ids = [sid for sid, (k, _) in rows.items() if k == keys]
+                at = np.array([rows[sid][1] for sid in ids], dtype=np.intp)
+                groups.append((keys, forest, ids, {"mean": mean[at], "dev": dev[at],
+                                                   "meta": meta[at]}))
+        elif saved[0] == _SNAPSHOT_VERSION:
+            groups = saved[1]
+        else:
+            raise ValueError(f"HST snapshot version {saved[0]} is not supported")
+        self._groups, self._keys = {}, {}
+        for keys, forest, ids, tables in groups:
+            g = self._groups[keys] = _Group(keys, forest)
+            g.table.restore(ids, tables)
+            self._keys.update(dict.fromkeys(ids, keys))
 
     def forget(self, sensor_id: str) -> None:
         """Drop a sensor's standardiser row; the shared forest keeps what it learned."""
-        got = self._rows.pop(sensor_id, None)
-        if got is not None:
-            g, row = got
-            g.reset(np.array([row]))
-            g.free.append(row)
+        keys = self._keys.pop(sensor_id, None)
+        if keys is not None:
+            self._groups[keys].table.drop(sensor_id)

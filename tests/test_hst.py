@@ -382,3 +382,27 @@ def test_the_compiled_forest_scores_and_learns_exactly_like_rivers_own_calls() -
         assert [(n.l_mass, n.r_mass) for n in ours_nodes] == [
             (n.l_mass, n.r_mass) for n in river_nodes
         ]
+
+
+def test_a_snapshot_in_the_older_row_number_format_restores_the_same_state() -> None:
+    """Recovery stores written before the standardiser rows moved into SensorRows resume
+    exactly: (groups with raw tables and a free list, {sensor: (feature set, row)})."""
+    import pickle
+
+    det = HalfSpaceTreesDetector(**FAST)
+    for seed, name in enumerate(("a", "b", "c")):
+        _run(det, name, _stream(120, seed=seed, offset=50.0 * seed, scale=1.0 + seed))
+    det.forget("b")
+    _, groups = pickle.loads(det.snapshot())
+    old_groups, rows = [], {}
+    for keys, forest, ids, tables in groups:
+        order = list(reversed(ids))  # other row numbers than the new format's
+        at = [ids.index(sid) for sid in order]
+        old_groups.append((keys, forest, tables["mean"][at], tables["dev"][at],
+                           tables["meta"][at], []))
+        rows.update({sid: (keys, order.index(sid)) for sid in ids})  # not in row order
+    copy = HalfSpaceTreesDetector(**FAST)
+    copy.restore(pickle.dumps((old_groups, rows)))
+    later = _stream(200, seed=9, offset=50.0)[120:]
+    for name in ("a", "c", "b"):
+        assert _run(copy, name, later) == _run(det, name, later)
