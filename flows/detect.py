@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -52,6 +53,24 @@ class FlowStreams:
 Outputs = Callable[[FlowStreams], None]
 
 
+class _SnapshotsStage:
+    """What both stateful steps snapshot: their stage's state, timed and tagged with the
+    shard count (:func:`tag_state`), or nothing when there is no recovery store."""
+
+    stage: FeatureStage | ScoreStage
+    snapshots: bool
+    shards: int
+    _snapshot_seconds: Any
+
+    def snapshot(self) -> bytes:
+        if not self.snapshots:
+            return b""  # no recovery store: Bytewax would only discard it
+        t0 = time.perf_counter()
+        state = self.stage.snapshot()
+        self._snapshot_seconds.observe(time.perf_counter() - t0)
+        return tag_state(state, self.shards) if self.shards else state
+
+
 @dataclass(frozen=True, slots=True)
 class _Features:
     """One shard's feature output and the Kafka timestamp its latency is measured from."""
@@ -60,7 +79,9 @@ class _Features:
     produced_ms: int
 
 
-class _WindowedFeatures(StatefulBatchLogic[tuple[int, list[Reading]], _Features, bytes]):
+class _WindowedFeatures(
+    _SnapshotsStage, StatefulBatchLogic[tuple[int, list[Reading]], _Features, bytes]
+):
     def __init__(self, stage: FeatureStage, snapshots: bool = True, shards: int = 0) -> None:
         self.stage = stage
         self.snapshots = snapshots
@@ -81,16 +102,9 @@ class _WindowedFeatures(StatefulBatchLogic[tuple[int, list[Reading]], _Features,
         out = self.stage.flush()
         return ([_Features(out, 0)] if out.windows else []), self.RETAIN
 
-    def snapshot(self) -> bytes:
-        if not self.snapshots:
-            return b""  # no recovery store: Bytewax would only discard it
-        t0 = time.perf_counter()
-        state = self.stage.snapshot()
-        self._snapshot_seconds.observe(time.perf_counter() - t0)
-        return tag_state(state, self.shards) if self.shards else state
 
 
-class _ScoreWindows(StatefulBatchLogic[_Features, ScoreOutput, bytes]):
+class _ScoreWindows(_SnapshotsStage, StatefulBatchLogic[_Features, ScoreOutput, bytes]):
     def __init__(self, stage: ScoreStage, snapshots: bool = True, shards: int = 0) -> None:
         self.stage = stage
         self.snapshots = snapshots
@@ -150,13 +164,6 @@ class _ScoreWindows(StatefulBatchLogic[_Features, ScoreOutput, bytes]):
                 },
             )
 
-    def snapshot(self) -> bytes:
-        if not self.snapshots:
-            return b""  # no recovery store: Bytewax would only discard it
-        t0 = time.perf_counter()
-        state = self.stage.snapshot()
-        self._snapshot_seconds.observe(time.perf_counter() - t0)
-        return tag_state(state, self.shards) if self.shards else state
 
 
 _STATE_MAGIC = b"VGS1"  # recovered state tagged with the shard count it was written under
