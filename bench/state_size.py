@@ -89,18 +89,17 @@ def measure(
             f"no window closed in {minutes:g} simulated minutes; give more --minutes (a window "
             f"of {spec.length_ms / 60000:g} min closes after it ends plus the allowed lateness)"
         )
-    # what each detector and its calibrator add to the score snapshot
+    # what each detector adds to the score snapshot, and the two calibrators (one score
+    # column per detector each)
     for det in next(iter(scorers.values())).ensemble.detectors:
-        d_bytes = c_bytes = s_bytes = 0
-        for st in scorers.values():
-            for d in st.ensemble.detectors:
-                if d.name == det.name:
-                    d_bytes += len(d.snapshot())
-                    c_bytes += len(st.ensemble.calibrators[d.name].snapshot())
-                    s_bytes += len(st.ensemble.surprise[d.name].snapshot())
+        d_bytes = sum(
+            len(d.snapshot())
+            for st in scorers.values() for d in st.ensemble.detectors if d.name == det.name
+        )
         result[f"{det.name}_bytes_per_sensor"] = d_bytes / sensors
-        result[f"{det.name}_calibration_bytes_per_sensor"] = c_bytes / sensors
-        result[f"{det.name}_surprise_bytes_per_sensor"] = s_bytes / sensors
+    for kind in ("held", "unheld"):
+        c_bytes = sum(len(getattr(st.ensemble, kind).snapshot()) for st in scorers.values())
+        result[f"calibration_{kind}_bytes_per_sensor"] = c_bytes / sensors
     return result
 
 

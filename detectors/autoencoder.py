@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from detectors._rows import SensorRows
-from detectors.base import Verdict, gather, sensor_rounds
+from detectors.base import Verdict, gather, rounded, sensor_rounds
 from detectors.lstm_ae import LstmAutoencoder
 from detectors.registry import ModelRegistry, RegistryError
 from flows.schemas import Contributor
@@ -185,9 +185,9 @@ class AutoencoderDetector:
         metrics = self._metrics
         per_metric = np.stack([errors[:, cols].max(axis=1) for cols in self._metric_cols], 1)
         order = np.argsort(-per_metric, axis=1, kind="stable")[:, :3].tolist()
-        values = per_metric.tolist()
+        values = rounded(per_metric, 4).tolist()
         return [
-            [Contributor(metrics[m], round(v[m], 4)) for m in o] if v[o[0]] == v[o[0]] else []
+            [Contributor(metrics[m], v[m]) for m in o] if v[o[0]] == v[o[0]] else []
             for o, v in zip(order, values, strict=True)
         ]
 

@@ -48,6 +48,22 @@ def sensor_rounds(batch: list[tuple[str, ClosedWindow]]) -> list[list[int]]:
     return rounds
 
 
+def rounded(values: np.ndarray, digits: int = 6) -> np.ndarray:
+    """``round(x, digits)`` for a whole array: what score records publish.
+
+    One vectorised pass instead of a Python ``round`` per value (ten or more per window,
+    ~5 µs). The result is the same float as Python's ``round`` except where ``x·10^digits``
+    lies within about one unit in the last place of a half (a double-rounding tie); from
+    10⁹ on, Python's ``round`` is used as is.
+    """
+    scale = 10.0**digits
+    out = np.rint(values * scale) / scale
+    big = np.abs(values) >= 1e9
+    if big.any():
+        out[big] = [round(float(v), digits) for v in values[big]]
+    return out
+
+
 @lru_cache(maxsize=256)
 def _getter(keys: tuple[str, ...]) -> itemgetter:
     return itemgetter(*keys)

@@ -79,7 +79,7 @@ from detectors._rows import SensorRows
 
 __all__ = ["Calibrator", "combine", "log_likelihood"]
 
-_SNAPSHOT_VERSION = 2  # 1: one (count, pos, ring bytes) entry per sensor
+_SNAPSHOT_VERSION = 3  # 1: one (count, pos, ring bytes) entry per sensor; 2: one column
 _REL_SCALE_FLOOR = 1e-3
 _CHUNK_ELEMENTS = 1 << 21  # bounds the (rows, scores, history) temporaries to ~16 MiB
 
@@ -182,6 +182,7 @@ class Calibrator:
         warmup_value: float = 0.0,
         tail_quantile: float = 0.9,
         tail_shape: float = 0.25,
+        width: int = 1,
     ) -> None:
         if short < 1:
             raise ValueError("short must be at least 1")
@@ -199,12 +200,15 @@ class Calibrator:
         self.warmup_value = warmup_value
         self.tail_quantile = tail_quantile
         self.tail_shape = tail_shape
-        # per sensor: the ring of raw scores, scores ever learned, next slot to write (the
-        # oldest score once the ring is full)
+        if width < 1:
+            raise ValueError("width must be at least 1")
+        self.width = width
+        # per sensor and column: the ring of raw scores, scores ever learned, next slot to
+        # write (the oldest score once the ring is full)
         self._rows = SensorRows({
-            "ring": ((history,), np.float32, np.nan),
-            "count": ((), np.int64, 0),
-            "pos": ((), np.int64, 0),
+            "ring": ((width, history), np.float32, np.nan),
+            "count": ((width,), np.int64, 0),
+            "pos": ((width,), np.int64, 0),
         })
 
     def __len__(self) -> int:
@@ -221,8 +225,10 @@ class Calibrator:
         Entries are taken in order: a sensor with several entries in one batch has each
         scored against a history that includes its earlier entries, exactly as if they had
         come one per call. ``warming`` marks entries whose detector had no opinion yet;
-        they (and non-finite scores) get ``warmup_value`` and are not learned.
+        they (and non-finite scores) get ``warmup_value`` and are not learned. One score
+        column (``width`` 1).
         """
+        self._one_column()
         x = np.asarray(raw, dtype=np.float64).reshape(-1)
         if len(sensor_ids) != x.size:
             raise ValueError(f"{len(sensor_ids)} sensor ids for {x.size} scores")
@@ -248,10 +254,10 @@ class Calibrator:
                 idx = np.array([p for _, p in part])  # (R, T)
                 new = x32[idx]
                 rows = self._rows.rows([sid for sid, _ in part])
-                counts = self._rows["count"][rows]
+                counts = self._rows["count"][rows, 0]
                 out[idx] = self._score(self._histories(rows), counts, new)
                 for j in range(t):
-                    self._push(rows, new[:, j])
+                    self._push(rows, new[:, j : j + 1])
         return out
 
     def score(
@@ -265,27 +271,28 @@ class Calibrator:
         With :meth:`learn` this splits :meth:`update` in two, so a caller can decide from the
         likelihoods which scores to learn (the flow does not learn scores it alerted on, so a
         long incident does not become the sensor's normal). Each sensor may appear at most
-        once per call.
+        once per call. ``raw`` is one score per sensor (``width`` 1) or ``(sensors, width)``,
+        one per column; ``warming`` has the same shape.
         """
-        x = np.asarray(raw, dtype=np.float64).reshape(-1)
-        if len(sensor_ids) != x.size:
-            raise ValueError(f"{len(sensor_ids)} sensor ids for {x.size} scores")
+        x = self._columns(raw, len(sensor_ids))
         if len(set(sensor_ids)) != len(sensor_ids):
             raise ValueError("score() takes each sensor at most once; use update() for runs")
         skip = ~np.isfinite(x)
         if warming is not None:
-            skip |= np.asarray(warming, dtype=bool).reshape(-1)
-        out = np.full(x.size, self.warmup_value, dtype=np.float64)
+            skip |= np.asarray(warming, dtype=bool).reshape(x.shape)
+        out = np.full(x.shape, self.warmup_value, dtype=np.float64)
         rows = self._rows.known(sensor_ids)
-        idx = np.flatnonzero(~skip & (rows >= 0))
+        take = ~skip & (rows >= 0)[:, None]
+        at_r, at_c = np.nonzero(take)  # the (sensor, column) pairs to score
         step = max(1, _CHUNK_ELEMENTS // self.history)
-        for r0 in range(0, idx.size, step):
-            part = idx[r0 : r0 + step]
-            counts = self._rows["count"][rows[part]]
-            new = x[part].astype(np.float32)[:, None]
-            hist = self._histories(rows[part], ordered=self.short > 1)
-            out[part] = self._score(hist, counts, new)[:, 0]
-        return out
+        for k0 in range(0, at_r.size, step):
+            i, c = at_r[k0 : k0 + step], at_c[k0 : k0 + step]
+            r = rows[i]
+            counts = self._rows["count"][r, c]
+            new = x[i, c].astype(np.float32)[:, None]
+            hist = self._histories(r, c, ordered=self.short > 1)
+            out[i, c] = self._score(hist, counts, new)[:, 0]
+        return out if np.ndim(raw) == 2 else out[:, 0]
 
     def learn(
         self,
@@ -293,56 +300,88 @@ class Calibrator:
         raw: npt.ArrayLike,
         mask: npt.ArrayLike | None = None,
     ) -> None:
-        """Add raw scores (where ``mask`` is True, and finite) to their sensors' histories."""
-        x = np.asarray(raw, dtype=np.float64).reshape(-1)
-        if len(sensor_ids) != x.size:
-            raise ValueError(f"{len(sensor_ids)} sensor ids for {x.size} scores")
+        """Add raw scores (where ``mask`` is True, and finite) to their sensors' histories.
+
+        ``raw`` and ``mask`` are shaped as for :meth:`score`.
+        """
+        x = self._columns(raw, len(sensor_ids))
         keep = np.isfinite(x)
         if mask is not None:
-            keep &= np.asarray(mask, dtype=bool).reshape(-1)
+            keep &= np.asarray(mask, dtype=bool).reshape(x.shape)
         x32 = x.astype(np.float32)
-        chosen = np.flatnonzero(keep)
+        chosen = np.flatnonzero(keep.any(axis=1))
         ids = [sensor_ids[i] for i in chosen.tolist()]
         if len(set(ids)) == len(ids):
-            self._push(self._rows.rows(ids), x32[chosen])
+            self._push(self._rows.rows(ids), x32[chosen], keep[chosen])
         else:  # a sensor more than once: its scores go in one after the other
             for sid, i in zip(ids, chosen.tolist(), strict=True):
-                self._push(self._rows.rows([sid]), x32[i : i + 1])
+                self._push(self._rows.rows([sid]), x32[i : i + 1], keep[i : i + 1])
 
-    def _push(self, rows: npt.NDArray[np.intp], values: npt.NDArray[np.float32]) -> None:
-        """Write one score into each (distinct) row's ring."""
+    def _columns(self, raw: npt.ArrayLike, n: int) -> npt.NDArray[np.float64]:
+        """``raw`` as an (n, width) float64 array; 1-D input is one column."""
+        x = np.asarray(raw, dtype=np.float64)
+        if x.ndim <= 1:
+            self._one_column()
+            x = x.reshape(-1, 1)
+        if x.shape != (n, self.width):
+            raise ValueError(
+                f"{n} sensor ids for scores of shape {x.shape} (width {self.width})"
+            )
+        return x
+
+    def _one_column(self) -> None:
+        if self.width != 1:
+            raise ValueError(
+                f"this calibrator holds {self.width} score columns; pass (sensors, width) arrays"
+            )
+
+    def _push(
+        self,
+        rows: npt.NDArray[np.intp],
+        values: npt.NDArray[np.float32],
+        mask: npt.NDArray[np.bool_] | None = None,
+    ) -> None:
+        """Write ``values[i, c]`` into column c of (distinct) row ``rows[i]`` where ``mask``."""
+        if mask is None:
+            r, c = np.repeat(rows, self.width), np.tile(np.arange(self.width), rows.size)
+            v = values.reshape(-1)
+        else:
+            i, c = np.nonzero(mask)
+            r, v = rows[i], values[i, c]
         pos = self._rows["pos"]
-        at = pos[rows]
-        self._rows["ring"][rows, at] = values
-        pos[rows] = (at + 1) % self.history
-        self._rows["count"][rows] += 1
+        at = pos[r, c]
+        self._rows["ring"][r, c, at] = v
+        pos[r, c] = (at + 1) % self.history
+        self._rows["count"][r, c] += 1
 
-    def seen(self, sensor_id: str) -> int:
+    def seen(self, sensor_id: str, column: int = 0) -> int:
         """How many raw scores of this sensor were learned (0 for an unknown sensor)."""
         row = self._rows.get(sensor_id)
-        return 0 if row is None else int(self._rows["count"][row])
+        return 0 if row is None else int(self._rows["count"][row, column])
 
     def counts(self, sensor_ids: Sequence[str]) -> npt.NDArray[np.int64]:
-        """:meth:`seen` for many sensors at once."""
+        """:meth:`seen` for many sensors at once: ``(sensors,)``, or ``(sensors, width)``."""
         rows = self._rows.known(sensor_ids)
-        out = np.zeros(rows.size, dtype=np.int64)
+        out = np.zeros((rows.size, self.width), dtype=np.int64)
         known = rows >= 0
         out[known] = self._rows["count"][rows[known]]
-        return out
+        return out[:, 0] if self.width == 1 else out
 
     def _histories(
-        self, rows: npt.NDArray[np.intp], ordered: bool = True
+        self, rows: npt.NDArray[np.intp], columns: npt.NDArray[np.intp] | int = 0,
+        ordered: bool = True,
     ) -> npt.NDArray[np.float32]:
-        """(R, N) histories oldest → newest, NaN-padded at the front while not yet full.
+        """(R, N) histories of column ``columns[i]`` of row ``rows[i]``, oldest → newest,
+        NaN-padded at the front while not yet full.
 
         ``ordered=False`` returns the rings as stored: enough when one score per sensor is
         ranked without averaging (``short`` 1), which only needs the history as a set.
         """
-        rings = self._rows["ring"][rows]
+        rings = self._rows["ring"][rows, columns]
         if not ordered:
             return rings
-        start = self._rows["pos"][rows][:, None]
-        order = (start + np.arange(self.history)[None, :]) % self.history
+        start = self._rows["pos"][rows, columns][:, None]
+        order = (start + np.arange(self.history)) % self.history
         return np.take_along_axis(rings, order, axis=1)
 
     def _score(
@@ -409,30 +448,44 @@ class Calibrator:
         self._rows.drop(sensor_id)
 
     def state_bytes(self, sensor_id: str) -> int:
-        """Payload bytes one sensor's state takes: the ring plus two counters."""
+        """Payload bytes one sensor's state takes: a ring plus two counters per column."""
         if self._rows.get(sensor_id) is None:
             raise KeyError(sensor_id)
-        return self.history * 4 + 16
+        return (self.history * 4 + 16) * self.width
+
+    def params(self) -> tuple[int, int, int, float, float, float, int]:
+        """What a snapshot is valid for."""
+        return (
+            self.history, self.short, self.warmup, self.warmup_value, self.tail_quantile,
+            self.tail_shape, self.width,
+        )
 
     def snapshot(self) -> bytes:
-        """Every sensor's ring and counters, with the parameters they were built under."""
-        params = (
-            self.history, self.short, self.warmup, self.warmup_value, self.tail_quantile,
-            self.tail_shape,
-        )
+        """Every sensor's rings and counters, with the parameters they were built under."""
         return pickle.dumps(
-            (_SNAPSHOT_VERSION, params, self._rows.snapshot()), protocol=pickle.HIGHEST_PROTOCOL
+            (_SNAPSHOT_VERSION, self.params(), self._rows.snapshot()),
+            protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     def restore(self, state: bytes) -> None:
-        """Replace all state with a ``snapshot()``; refuses one taken with another history."""
+        """Replace all state with a ``snapshot()``; refuses one taken with another history
+        or width. Snapshots of one-column calibrators from before columns existed (versions
+        1 and 2) restore into a width-1 calibrator."""
+        ids, tables = self.loads(state)
+        self._rows.restore(ids, tables)
+
+    def loads(self, state: bytes) -> tuple[list[str], dict[str, np.ndarray]]:
+        """A ``snapshot()`` as sensor ids and tables shaped for this calibrator."""
         version, params, sensors = pickle.loads(state)
-        if version not in (1, _SNAPSHOT_VERSION):
+        if version not in (1, 2, _SNAPSHOT_VERSION):
             raise ValueError(f"calibration snapshot version {version} is not supported")
         if params[0] != self.history:
             raise ValueError(
                 f"snapshot has history {params[0]}, this calibrator {self.history}"
             )
+        width = params[6] if version >= 3 else 1
+        if width != self.width:
+            raise ValueError(f"snapshot has {width} score columns, this calibrator {self.width}")
         if version == 1:  # {sensor id: (count, pos, ring bytes)}
             ids = list(sensors)
             sensors = (ids, {
@@ -441,4 +494,30 @@ class Calibrator:
                 "ring": np.frombuffer(b"".join(sensors[s][2] for s in ids), np.float32)
                 .reshape(len(ids), self.history),
             })
-        self._rows.restore(*sensors)
+        ids, tables = sensors
+        if version < 3:  # one column, stored without its axis
+            tables = {
+                "ring": tables["ring"].reshape(len(ids), 1, self.history),
+                "count": tables["count"].reshape(len(ids), 1),
+                "pos": tables["pos"].reshape(len(ids), 1),
+            }
+        return ids, tables
+
+    def restore_columns(
+        self, parts: Sequence[tuple[int, list[str], dict[str, np.ndarray], int]]
+    ) -> None:
+        """Replace all state from other calibrators' state: ``(column here, sensor ids,
+        tables as :meth:`loads` returns them, column there)`` per column to fill. Columns
+        and sensors not named start fresh (how an ensemble keeps each detector's history
+        when detectors are added, removed or reordered)."""
+        ids = list(dict.fromkeys(s for _, part_ids, _, _ in parts for s in part_ids))
+        at = {s: i for i, s in enumerate(ids)}
+        tables = {
+            name: np.full((len(ids), *shape), fill, dtype=dtype)
+            for name, (shape, dtype, fill) in self._rows.specs.items()
+        }
+        for col, part_ids, part, src in parts:
+            rows = np.fromiter((at[s] for s in part_ids), dtype=np.intp, count=len(part_ids))
+            for name in tables:
+                tables[name][rows, col] = part[name][:, src]
+        self._rows.restore(ids, tables)

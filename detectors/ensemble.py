@@ -54,7 +54,7 @@ from typing import Literal
 
 import numpy as np
 
-from detectors.base import Detector, sensor_rounds
+from detectors.base import Detector, rounded, sensor_rounds
 from detectors.calibration import Calibrator, combine
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
@@ -62,9 +62,15 @@ from flows.windows import ClosedWindow
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    """The combined opinion of all detectors on one window."""
+    """The combined opinion of all detectors on one window.
+
+    ``likelihood`` is exact (decisions use it); ``score`` is it rounded to 6 decimals, and
+    ``surprise``, ``raw`` and ``likelihoods`` are rounded the same way: what a score record
+    publishes.
+    """
 
     likelihood: float
+    score: float
     surprise: float
     anomalous: bool
     raw: dict[str, float]
@@ -94,6 +100,9 @@ class CalibrationConfig:
     """A detector's own likelihood at which it is named among those that fired."""
 
 
+_SNAPSHOT_VERSION = 2  # 1 (unversioned): a dict of per-detector calibrator pairs
+
+
 class Ensemble:
     """Detectors plus one calibrator each; the flow keeps one per state shard."""
 
@@ -106,12 +115,10 @@ class Ensemble:
         self.detectors = detectors
         self.config = config or CalibrationConfig()
         c = self.config
-        self.calibrators = {
-            d.name: Calibrator(c.history, c.short, c.warmup) for d in detectors
-        }
-        self.surprise = {
-            d.name: Calibrator(c.history, c.surprise_short, c.warmup) for d in detectors
-        }
+        # One score column per detector, in configured order: a round is calibrated in one
+        # call per calibrator, with one sensor-id lookup, whatever the number of detectors.
+        self.held = Calibrator(c.history, c.short, c.warmup, width=len(detectors))
+        self.unheld = Calibrator(c.history, c.surprise_short, c.warmup, width=len(detectors))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -133,26 +140,23 @@ class Ensemble:
         out: list[Judgement | None] = [None] * len(batch)
         for idx in sensor_rounds(batch):
             sids = [batch[i][0] for i in idx]
-            raw = np.array([[v[i].score for i in idx] for v in verdicts])  # (D, R)
-            warm = np.array([[v[i].warming_up for i in idx] for v in verdicts])
-            lik = np.full(raw.shape, np.nan)
-            sur = np.full(raw.shape, np.nan)
-            for k, name in enumerate(names):
-                for cal, into in ((self.calibrators[name], lik), (self.surprise[name], sur)):
-                    ready = ~warm[k] & (cal.counts(sids) >= c.warmup)
-                    into[k, ready] = cal.score(sids, raw[k], warm[k])[ready]
+            raw_t = np.array([[v[i].score for v in verdicts] for i in idx])  # (R, D)
+            warm_t = np.array([[v[i].warming_up for v in verdicts] for i in idx])
+            lik_t = self._calibrated(self.held, sids, raw_t, warm_t)
+            sur_t = self._calibrated(self.unheld, sids, raw_t, warm_t)
+            lik = lik_t.T  # (D, R)
             combined = combine(lik)
-            surprise = combine(sur, c.surprise_method)
+            surprise = combine(sur_t.T, c.surprise_method)
             anomalous = combined >= c.alert_likelihood
-            for k, name in enumerate(names):
-                self.calibrators[name].learn(sids, raw[k], ~warm[k] & ~anomalous)
-                self.surprise[name].learn(sids, raw[k], ~warm[k])
+            self.held.learn(sids, raw_t, ~warm_t & ~anomalous[:, None])
+            self.unheld.learn(sids, raw_t, ~warm_t)
             opinion = ~np.isnan(lik)
             has_any = opinion.any(axis=0).tolist()
             best = np.argmax(np.where(opinion, lik, -np.inf), axis=0).tolist()
             fired_at = (lik >= c.fired_likelihood).T.tolist()  # NaN compares False
-            lik_rows, raw_rows = lik.T.tolist(), raw.T.tolist()
-            comb, surp, anom = combined.tolist(), surprise.tolist(), anomalous.tolist()
+            lik_rows, raw_rows = rounded(lik_t).tolist(), rounded(raw_t).tolist()
+            comb, anom = combined.tolist(), anomalous.tolist()
+            score, surp = rounded(combined).tolist(), rounded(surprise).tolist()
             for r, i in enumerate(idx):
                 if has_any[r]:
                     b = best[r]
@@ -164,6 +168,7 @@ class Ensemble:
                     fired, contributors = (), []
                 out[i] = Judgement(
                     likelihood=comb[r],
+                    score=score[r],
                     surprise=surp[r],
                     anomalous=anom[r],
                     raw=dict(zip(names, raw_rows[r], strict=True)),
@@ -174,33 +179,61 @@ class Ensemble:
                 )
         return out  # type: ignore[return-value]
 
+    def _calibrated(
+        self, cal: Calibrator, sids: list[str], raw: np.ndarray, warm: np.ndarray
+    ) -> np.ndarray:
+        """(R, D) likelihoods; NaN where a detector has no opinion yet for that sensor."""
+        ready = ~warm & (cal.counts(sids).reshape(raw.shape) >= self.config.warmup)
+        return np.where(ready, cal.score(sids, raw, warm), np.nan)
+
     def snapshot(self) -> bytes:
-        """Detector and calibrator state, keyed by detector name."""
+        """Detector state keyed by detector name, and both calibrators with their column
+        order (the detector names), so a restore can match columns by name."""
         return pickle.dumps(
-            {
-                d.name: (
-                    d.snapshot(),
-                    self.calibrators[d.name].snapshot(),
-                    self.surprise[d.name].snapshot(),
-                )
-                for d in self.detectors
-            },
+            (
+                _SNAPSHOT_VERSION,
+                {d.name: d.snapshot() for d in self.detectors},
+                self.names,
+                self.held.snapshot(),
+                self.unheld.snapshot(),
+            ),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     def restore(self, state: bytes) -> None:
-        """Load ``snapshot()``; a detector missing from it starts fresh."""
+        """Load ``snapshot()``; a detector missing from it starts fresh.
+
+        Also takes the format from before the calibrators had one column per detector:
+        ``{name: (detector, held calibrator, surprise calibrator)}``.
+        """
         saved = pickle.loads(state)
+        c = self.config
+        if isinstance(saved, dict):  # one one-column calibrator pair per detector
+            one = Calibrator(c.history, c.short, c.warmup)
+            detectors = {name: det for name, (det, _, _) in saved.items()}
+            held = {name: (one.loads(h), 0) for name, (_, h, _) in saved.items()}
+            unheld = {name: (one.loads(u), 0) for name, (_, _, u) in saved.items()}
+        else:
+            version, detectors, names, held_state, unheld_state = saved
+            if version != _SNAPSHOT_VERSION:
+                raise ValueError(f"ensemble snapshot version {version} is not supported")
+            wide = Calibrator(c.history, c.short, c.warmup, width=len(names))
+            h, u = wide.loads(held_state), wide.loads(unheld_state)
+            held = {name: (h, j) for j, name in enumerate(names)}
+            unheld = {name: (u, j) for j, name in enumerate(names)}
         for d in self.detectors:
-            if d.name in saved:
-                det_state, cal_state, surprise_state = saved[d.name]
-                d.restore(det_state)
-                self.calibrators[d.name].restore(cal_state)
-                self.surprise[d.name].restore(surprise_state)
+            if d.name in detectors:
+                d.restore(detectors[d.name])
+        for cal, parts in ((self.held, held), (self.unheld, unheld)):
+            cal.restore_columns([
+                (k, *parts[d.name][0], parts[d.name][1])
+                for k, d in enumerate(self.detectors) if d.name in parts
+            ])
 
     def forget(self, sensor_id: str) -> None:
         """Drop a sensor from every detector and calibrator."""
         for d in self.detectors:
             d.forget(sensor_id)
-            self.calibrators[d.name].forget(sensor_id)
-            self.surprise[d.name].forget(sensor_id)
+        self.held.forget(sensor_id)
+        self.unheld.forget(sensor_id)
+

@@ -108,7 +108,7 @@ import numpy as np
 from river.anomaly import HalfSpaceTrees
 
 from detectors._rows import SensorRows
-from detectors.base import Verdict, gather, sensor_rounds
+from detectors.base import Verdict, gather, rounded, sensor_rounds
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -372,13 +372,13 @@ class HalfSpaceTreesDetector:
 
         order = np.argsort(-per_metric, axis=1, kind="stable")[:, :3].tolist()
         metrics = g.metrics
-        per_metric_rows = per_metric.tolist()
+        per_metric_rows = rounded(per_metric, 3).tolist()
         for j, i in enumerate(pos):
             if warming[j]:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
             else:
                 pm = per_metric_rows[j]
-                top = [Contributor(metrics[k], round(pm[k], 3)) for k in order[j]]
+                top = [Contributor(metrics[k], pm[k]) for k in order[j]]
                 # tie-break HST's saturating mass score by how far the window deviates
                 verdicts[i] = Verdict(scores[j] + umax[j], bool(anomalous[j]), top)
 

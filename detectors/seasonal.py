@@ -58,7 +58,7 @@ import pickle
 import numpy as np
 
 from detectors._rows import SensorRows
-from detectors.base import Verdict, gather, sensor_rounds
+from detectors.base import Verdict, gather, rounded, sensor_rounds
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -163,12 +163,12 @@ class SeasonalProfile:
         warming = ((count < self.warmup) | young | ~known.any(axis=1)).tolist()
         order = np.argsort(-z, axis=1, kind="stable")[:, :3].tolist()
         metrics = [k[: -len(".last")] for k in keys]
-        zl = z.tolist()
+        zl, shown = z.tolist(), rounded(z, 3).tolist()
         for j, i in enumerate(members):
             if warming[j]:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
                 continue
-            top = [Contributor(metrics[m], round(zl[j][m], 3)) for m in order[j]]
+            top = [Contributor(metrics[m], shown[j][m]) for m in order[j]]
             score = max(zl[j])
             verdicts[i] = Verdict(score, score >= self.threshold, top)
         # learn: the deviation from residuals where known, the level where the value is

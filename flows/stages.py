@@ -138,12 +138,9 @@ class ScoreStage:
             start, end = window.start, window.end
             out.scores.append(ScoreRecord(
                 sensor_id=sid, window_start=start, window_end=end,
-                score=round(j.likelihood, 6), threshold=threshold, anomalous=j.anomalous,
-                detectors={n: round(v, 6) for n, v in j.raw.items()},
-                contributors=j.contributors, readings=window.readings,
-                model_version=version,
-                likelihoods={n: round(v, 6) for n, v in j.likelihoods.items()},
-                surprise=round(j.surprise, 6),
+                score=j.score, threshold=threshold, anomalous=j.anomalous,
+                detectors=j.raw, contributors=j.contributors, readings=window.readings,
+                model_version=version, likelihoods=j.likelihoods, surprise=j.surprise,
             ))
             verdict = Verdict(j.likelihood, j.anomalous, j.contributors, j.warming_up)
             alert = self.policy.update(sid, start, end, verdict, version, j.fired)
