@@ -21,7 +21,7 @@ from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per window, and frozen init costs 3x
 class Verdict:
     """A detector's opinion on one window of one sensor."""
 
@@ -37,6 +37,8 @@ def sensor_rounds(batch: list[tuple[str, ClosedWindow]]) -> list[list[int]]:
     Round r holds each sensor's r-th window, in batch order, so a detector can score a round
     in one vectorised call and still score every window from the state before it.
     """
+    if len({sid for sid, _ in batch}) == len(batch):  # the common case: one round
+        return [list(range(len(batch)))] if batch else []
     rounds: list[list[int]] = []
     seen: dict[str, int] = {}
     for i, (sid, _) in enumerate(batch):

@@ -57,11 +57,13 @@ Choices, documented because callers depend on them
 
 State and cost
 --------------
-Per sensor: the ring (``4·N`` bytes: 1,200 bytes at N = 300) plus two int64 counters
-(count, position) = 1,216 bytes of payload, plus the sensor id and pickle framing
-(~50 bytes) in a snapshot. Scoring costs one sort of N values per score (~10 µs), vectorised
-with numpy over all sensors of a batch that have the same number of scores in it (one group
-in the common case of one window per sensor per batch, and for a single sensor's replay).
+A calibrator holds ``width`` score columns per sensor (the ensemble: one per detector), each
+with its own ring and counters, so one call ranks every detector's score of a round and the
+sensor ids are looked up once. Per sensor and column: the ring (``4·N`` bytes: 1,200 bytes
+at N = 300) plus two int64 counters (count, position) = 1,216 bytes of payload, plus the
+sensor id and pickle framing (~50 bytes per sensor) in a snapshot. Ranking costs one
+partition (a sort while the history fills) of N values per score, vectorised with numpy
+over every (sensor, column) pair of a call.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per window, and frozen init costs 3x
 class Judgement:
     """The combined opinion of all detectors on one window.
 
