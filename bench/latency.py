@@ -24,6 +24,16 @@ its last score within ``1 s + 10 %`` of the step's length after the step's last 
 backlog did not grow). After each step the producer waits until the flow has caught up (no
 score written for ``--pause`` seconds), so steps do not bleed into each other. The highest
 rate that holds is reported.
+
+One broker hop, for comparison
+------------------------------
+After the flow's steps, ``--hop-seconds`` (default 5) of the same bursts (one message per
+sensor per tick, the readings' size, the same producer linger) go through a topic of their
+own to a consumer that reads the way the flow's source does (its ``fetch.wait.max.ms``,
+``consume`` batches with its poll wait), at each rate, with no flow running. A reading
+reaches an alert through two such hops (readings in, alerts out), so the alert latency
+minus twice the hop's is roughly what the flow itself adds: decoding, windowing, scoring the
+burst of windows a tick closes, producing.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -89,6 +100,7 @@ class StepResult:
     first_quarter_p50_ms: float = 0.0
     last_quarter_p50_ms: float = 0.0
     holds: bool = False
+    hop_ms: dict[str, float] = field(default_factory=dict)  # one broker hop, no flow
 
 
 # --- output consumer (separate process, so producing does not delay its clock) ----------------
@@ -213,6 +225,76 @@ def _wait_caught_up(bootstrap: str, kafka: dict[str, str], topic: str, quiet: fl
     finally:
         c.close()
     return time.monotonic() - t0
+
+
+# --- one broker hop, no flow (module docstring) ---------------------------------------------
+_STAMP = struct.Struct("<d")
+
+
+def _hop_consume(bootstrap: str, kafka: dict[str, str], topic: str, fetch_wait_ms: int,
+                 poll_ms: int, batch: int, expect: int, out_path: str, ready: Any) -> None:
+    """Read ``expect`` stamped messages as the flow's source reads; save latencies in ms."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({
+        **kafka, "bootstrap.servers": bootstrap, "group.id": "bench-latency-hop",
+        "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms,
+    })
+    c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    ready.set()
+    lat: list[float] = []
+    last = time.monotonic()
+    while len(lat) < expect and time.monotonic() - last < 10:
+        msgs = c.consume(batch, poll_ms / 1000)
+        now = time.time()
+        for m in msgs:
+            value = m.value()
+            if m.error() is None and value:
+                lat.append((now - _STAMP.unpack_from(value)[0]) * 1000)
+        if msgs:
+            last = time.monotonic()
+    c.close()
+    np.save(out_path, np.array(lat))
+
+
+def broker_hop(broker: TestBroker | ExternalBroker, kafka: dict[str, str], rate: float,
+               seconds: float, burst: int, size: int, settings: Settings) -> dict[str, float]:
+    """Latency percentiles (ms) of one hop: ``burst`` messages of ``size`` bytes per tick at
+    ``rate`` messages/s, producer linger 5 ms, consumed with the flow's source settings."""
+    from confluent_kafka import Producer
+
+    topic = broker.unique_topics("bench-latency-hop", {"hop": 1})["hop"]
+    ticks = max(1, round(seconds * rate / burst))
+    out_path = str(Path(tempfile.mkdtemp(prefix="vigil-hop-")) / "hop.npy")
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    consumer = ctx.Process(target=_hop_consume, daemon=True, args=(
+        broker.bootstrap, kafka, topic, settings.fetch_wait_max_ms, settings.consumer_poll_ms,
+        settings.consumer_batch_size, ticks * burst, out_path, ready))
+    consumer.start()
+    if not ready.wait(30):
+        raise RuntimeError("the hop consumer did not start")
+    time.sleep(0.5)  # its first fetch is in flight
+    producer = Producer({**kafka, "bootstrap.servers": broker.bootstrap, "linger.ms": 5,
+                         "queue.buffering.max.messages": 1_000_000})
+    pad = b"x" * max(0, size - _STAMP.size)
+    t0 = time.perf_counter()
+    for n in range(ticks):
+        delay = t0 + n * burst / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        for _ in range(burst):
+            while True:
+                try:
+                    producer.produce(topic, _STAMP.pack(time.time()) + pad)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(30)
+    consumer.join(60)
+    lat = np.load(out_path) if os.path.exists(out_path) else np.zeros(0)
+    return _percentiles(lat)
 
 
 # --- analysis --------------------------------------------------------------------------------
@@ -394,6 +476,15 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
     raw = np.load(out_path, allow_pickle=True)
     data = {k: raw[k] for k in raw.files}
     results = analyse(data, fleet, produced, steps, catch_up, lateness_ms, args.hold_factor)
+    if args.hop_seconds > 0:
+        size = round(float(np.mean([len(encoder.encode(r)) for r in fleet.tick(0)])))
+        try:
+            for res in results:
+                print(f"one broker hop at {res.rate:,}/s ...", file=sys.stderr, flush=True)
+                res.hop_ms = broker_hop(broker, kafka, res.rate, args.hop_seconds,
+                                        fleet.sensors, size, settings)
+        finally:
+            broker.delete_unique_topics()
     held = [r.rate for r in results if r.holds]
     return {
         "config": {
@@ -407,6 +498,7 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
             "consumer_poll_ms": settings.consumer_poll_ms,
             "state_shards": settings.state_shards,
             "producer_linger_ms": settings.producer_linger_ms,
+            "hop_seconds": args.hop_seconds,
             "broker": "external" if isinstance(broker, ExternalBroker) else "tansu",
             "cpus": os.cpu_count(),
         },
@@ -421,8 +513,9 @@ def table(report: dict[str, Any]) -> str:
     """The steps as a Markdown table, for docs/benchmarks.md."""
     lines = [
         "| rate (asked) | produced/s | scores | score p50 / p95 / p99 / max ms | alerts | "
-        "alert p50 / p95 / p99 / max ms | first → last quarter p50 ms | catch-up s | holds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "alert p50 / p95 / p99 / max ms | first → last quarter p50 ms | catch-up s | holds | "
+        "one broker hop p50 / p95 / p99 / max ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["steps"]:
         def fmt(d: dict[str, float]) -> str:
@@ -431,7 +524,8 @@ def table(report: dict[str, Any]) -> str:
             f"| {s['rate']:,} | {s['achieved_rate']:,.0f} | {s['scores']:,} | "
             f"{fmt(s['score_ms'])} | {s['alerts']:,} | {fmt(s['alert_ms'])} | "
             f"{s['first_quarter_p50_ms']:,.0f} → {s['last_quarter_p50_ms']:,.0f} | "
-            f"{s['catch_up_s']:.1f} | {'yes' if s['holds'] else 'no'} |"
+            f"{s['catch_up_s']:.1f} | {'yes' if s['holds'] else 'no'} | "
+            f"{fmt(s.get('hop_ms', {}))} |"
         )
     return "\n".join(lines)
 
@@ -450,6 +544,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.plot(rates, [s["score_ms"][key] for s in steps], style, label=f"score {key}")
         alerts = [s["alert_ms"].get(key, np.nan) for s in steps]
         ax.plot(rates, alerts, style, alpha=0.5, label=f"alert {key}")
+    hops = [2 * s["hop_ms"]["p50"] if s.get("hop_ms") else np.nan for s in steps]
+    if not np.all(np.isnan(hops)):
+        ax.plot(rates, hops, "k:", marker="x", label="2 broker hops p50 (no flow)")
     ax.axhline(50, color="red", lw=0.8, ls=":", label="50 ms")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -503,6 +600,9 @@ def parser() -> argparse.ArgumentParser:
                         "own)")
     p.add_argument("--fetch-wait-ms", type=int, metavar="MS",
                    help="VIGIL_FETCH_WAIT_MAX_MS for the flow's consumer (default: its own)")
+    p.add_argument("--hop-seconds", type=float, default=5.0, metavar="S",
+                   help="after the flow's steps, time one broker hop with no flow for S seconds "
+                        "per rate, for comparison (default 5; 0 skips it)")
     p.add_argument("--brokers", metavar="HOST:PORT",
                    help="use this broker instead of starting the test broker")
     p.add_argument("--json", type=Path, metavar="OUT.json")
