@@ -90,6 +90,8 @@ class CalibrationConfig:
     """Newest raw scores averaged before ranking (HTM's short-term mean)."""
     warmup: int = 30
     """Calibrated scores a sensor needs before that detector has an opinion."""
+    precision: str = "float16"
+    """Storage type of the raw-score histories (``Calibrator``'s ``dtype``)."""
     surprise_short: int = 1
     """``short`` of the surprise calibrators: an onset score should not wait for k windows."""
     surprise_method: Literal["fisher", "tippett", "max"] = "tippett"
@@ -117,8 +119,11 @@ class Ensemble:
         c = self.config
         # One score column per detector, in configured order: a round is calibrated in one
         # call per calibrator, with one sensor-id lookup, whatever the number of detectors.
-        self.held = Calibrator(c.history, c.short, c.warmup, width=len(detectors))
-        self.unheld = Calibrator(c.history, c.surprise_short, c.warmup, width=len(detectors))
+        d = len(detectors)
+        self.held = Calibrator(c.history, c.short, c.warmup, width=d, dtype=c.precision)
+        self.unheld = Calibrator(
+            c.history, c.surprise_short, c.warmup, width=d, dtype=c.precision
+        )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -209,7 +214,7 @@ class Ensemble:
         saved = pickle.loads(state)
         c = self.config
         if isinstance(saved, dict):  # one one-column calibrator pair per detector
-            one = Calibrator(c.history, c.short, c.warmup)
+            one = Calibrator(c.history, c.short, c.warmup, dtype=c.precision)
             detectors = {name: det for name, (det, _, _) in saved.items()}
             held = {name: (one.loads(h), 0) for name, (_, h, _) in saved.items()}
             unheld = {name: (one.loads(u), 0) for name, (_, _, u) in saved.items()}
@@ -217,7 +222,7 @@ class Ensemble:
             version, detectors, names, held_state, unheld_state = saved
             if version != _SNAPSHOT_VERSION:
                 raise ValueError(f"ensemble snapshot version {version} is not supported")
-            wide = Calibrator(c.history, c.short, c.warmup, width=len(names))
+            wide = Calibrator(c.history, c.short, c.warmup, width=len(names), dtype=c.precision)
             h, u = wide.loads(held_state), wide.loads(unheld_state)
             held = {name: (h, j) for j, name in enumerate(names)}
             unheld = {name: (u, j) for j, name in enumerate(names)}

@@ -70,6 +70,7 @@ def build_score_stage(settings: Settings) -> ScoreStage:
         history=settings.calibration_history,
         short=settings.calibration_short,
         warmup=settings.calibration_warmup,
+        precision=settings.calibration_precision,
         alert_likelihood=settings.alert_likelihood,
     ))
     policy = AlertPolicy(

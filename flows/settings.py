@@ -216,6 +216,12 @@ class Settings:
     calibration_warmup: int = _doc(
         "Raw scores a sensor needs per detector before it can alert.", default=30
     )
+    calibration_precision: str = _doc(
+        "Storage type of the raw-score histories: float16 (default) keeps 3 significant "
+        "digits in half the memory of float32 (0.6 instead of 1.2 KiB per sensor, detector "
+        "and calibrator); measured on SKAB and NAB it detects as well (docs/accuracy.md).",
+        default="float16",
+    )
     alert_likelihood: float = _doc(
         "Combined anomaly likelihood (0..1) at or above which a window is anomalous; "
         "0.998 means about one window in 500 of a steady sensor.",
@@ -451,6 +457,11 @@ class Settings:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             p.append(
                 f"VIGIL_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )
+        if self.calibration_precision not in ("float16", "float32"):
+            p.append(
+                "VIGIL_CALIBRATION_PRECISION must be float16 or float32, "
+                f"got {self.calibration_precision!r}"
             )
         if self.log_format.lower() not in ("json", "text"):
             p.append(f"VIGIL_LOG_FORMAT must be json or text, got {self.log_format!r}")

@@ -66,10 +66,25 @@ def test_a_single_spike_in_a_noisy_history_stands_out() -> None:
 def test_scale_invariant_across_sensors() -> None:
     rng = np.random.default_rng(4)
     x = np.abs(rng.standard_t(3, 600))
-    cal = Calibrator()
     ids = ["small"] * 600 + ["large"] * 600
-    out = cal.update(ids, np.concatenate([x, 1e4 * x]))
+    for dtype in ("float32", "float16"):  # a power of two scales float16 exactly too
+        out = Calibrator(dtype=dtype).update(ids, np.concatenate([x, 2.0**10 * x]))
+        np.testing.assert_allclose(out[:600], out[600:], atol=1e-6)
+    out = Calibrator(dtype="float32").update(ids, np.concatenate([x, 1e4 * x]))
     np.testing.assert_allclose(out[:600], out[600:], atol=1e-6)
+    # float16 keeps 3 significant digits, so any other scale agrees to about that
+    out = Calibrator(dtype="float16").update(ids, np.concatenate([x, 1e2 * x]))
+    np.testing.assert_allclose(out[:600], out[600:], atol=0.02)
+
+
+def test_float16_histories_store_scores_beyond_their_range_as_the_largest_value() -> None:
+    cal = Calibrator(history=50, warmup=10, dtype="float16")
+    cal.update(["s"] * 40, np.linspace(1.0, 2.0, 40))
+    assert cal.update(["s"], [1e9])[0] > 0.999  # still ranks as extreme
+    cal.learn(["s"], [-1e9])
+    _, tables = cal.loads(cal.snapshot())
+    assert np.isfinite(tables["ring"]).sum() == 42
+    assert np.nanmax(tables["ring"]) == 65504 and np.nanmin(tables["ring"]) == -65504
 
 
 def test_sensors_on_different_scales_get_comparable_typical_values() -> None:
@@ -144,12 +159,13 @@ def test_constant_history_does_not_divide_by_zero() -> None:
     assert _feed(cal, "flat", np.array([1.0]))[0] == 1.0
 
 
-def test_state_per_sensor_stays_under_one_and_a_half_kib() -> None:
-    cal = Calibrator()  # history 300
+def test_state_per_sensor_stays_under_700_bytes_in_float16() -> None:
     ids = [f"sensor-{i:05d}" for i in range(200)]
-    cal.update(ids * 3, np.ones(600))
-    assert cal.state_bytes(ids[0]) == 300 * 4 + 16
-    assert len(cal.snapshot()) / len(ids) <= 1536
+    for dtype, itemsize, limit in (("float16", 2, 700), ("float32", 4, 1300)):
+        cal = Calibrator(dtype=dtype)  # history 300
+        cal.update(ids * 3, np.ones(600))
+        assert cal.state_bytes(ids[0]) == 300 * itemsize + 16
+        assert len(cal.snapshot()) / len(ids) <= limit
 
 
 def test_invalid_parameters_are_refused() -> None:

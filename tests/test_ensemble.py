@@ -117,11 +117,22 @@ def test_a_recovery_store_with_one_calibrator_pair_per_detector_resumes_identica
     incidents, warming detectors, NaN scores, a sensor twice in a batch, a new sensor — bit
     for bit as the old code did."""
     fx = _fixture()
-    ens = Ensemble(
+    ens = Ensemble(  # the old code kept float32 histories: compare like with like
+        [_FeatureDetector("a"), _FeatureDetector("b")],  # type: ignore[list-item]
+        CalibrationConfig(**fx["config"], precision="float32"),
+    )
+    ens.restore(fx["snapshot"])
+    half = Ensemble(  # the default float16 histories take the same store, rounded
         [_FeatureDetector("a"), _FeatureDetector("b")],  # type: ignore[list-item]
         CalibrationConfig(**fx["config"]),
     )
-    ens.restore(fx["snapshot"])
+    half.restore(fx["snapshot"])
+    for wide, narrow in ((ens.held, half.held), (ens.unheld, half.unheld)):
+        ids, tables = wide.loads(wide.snapshot())
+        ids16, tables16 = narrow.loads(narrow.snapshot())
+        assert ids16 == ids and tables16["ring"].dtype == np.float16
+        np.testing.assert_array_equal(tables16["ring"], tables["ring"].astype(np.float16))
+        np.testing.assert_array_equal(tables16["count"], tables["count"])
     for batch, expected in zip(fx["later"], fx["outputs"], strict=True):
         got = [
             (j.likelihood, j.surprise, j.anomalous, j.likelihoods)
