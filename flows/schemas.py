@@ -49,7 +49,7 @@ class Reading(msgspec.Struct, frozen=True, dict=True):
                     "`ts` has no UTC offset; send RFC 3339 such as 2024-05-01T12:00:00Z "
                     "or epoch milliseconds"
                 )
-            if ts.utcoffset():
+            if ts.tzinfo is not UTC and ts.utcoffset():  # "Z" decodes to UTC itself: no call
                 msgspec.structs.force_setattr(self, "ts", ts.astimezone(UTC))
             self.__dict__["ts_ms"] = round(ts.timestamp() * 1000)
         else:
@@ -60,9 +60,13 @@ class Reading(msgspec.Struct, frozen=True, dict=True):
             dt = datetime.fromtimestamp(ts / 1000, UTC)
             msgspec.structs.force_setattr(self, "ts", dt)
             self.__dict__["ts_ms"] = ts if type(ts) is int else round(dt.timestamp() * 1000)
-        for name, value in self.values.items():
-            if not math.isfinite(value):  # decoder rejects NaN/inf text; guard direct use
-                raise ValueError(f"`values.{name}` is not a finite number ({value})")
+        # The decoder rejects NaN/inf text; this guards direct construction. One C-level sum
+        # is the quick check (NaN and inf carry through it); only then look for the culprit
+        # (a sum of finite values can also overflow).
+        if not math.isfinite(sum(self.values.values())):
+            for name, value in self.values.items():
+                if not math.isfinite(value):
+                    raise ValueError(f"`values.{name}` is not a finite number ({value})")
 
     @cached_property
     def ts_ms(self) -> int:
