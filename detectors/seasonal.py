@@ -160,17 +160,12 @@ class SeasonalProfile:
         scale = scale + self.rel_floor * np.abs(np.nan_to_num(level)) + 1e-12
         z = np.where(known, np.abs(np.nan_to_num(resid)) / scale, 0.0)
         young = end - first < self.period_ms  # has not been seen for a full period yet
-        warming = ((count < self.warmup) | young | ~known.any(axis=1)).tolist()
-        order = np.argsort(-z, axis=1, kind="stable")[:, :3].tolist()
-        metrics = [k[: -len(".last")] for k in keys]
-        zl, shown = z.tolist(), rounded(z, 3).tolist()
-        for j, i in enumerate(members):
-            if warming[j]:
+        warming_at = (count < self.warmup) | young | ~known.any(axis=1)
+        if warming_at.all():  # every sensor's first period (a new fleet's first day)
+            for i in members:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-                continue
-            top = [Contributor(metrics[m], shown[j][m]) for m in order[j]]
-            score = max(zl[j])
-            verdicts[i] = Verdict(score, score >= self.threshold, top)
+        else:
+            self._verdicts(keys, members, z, warming_at.tolist(), verdicts)
         # learn: the deviation from residuals where known, the level where the value is
         absr = np.abs(resid)  # NaN where not known; those rows keep their deviation
         first = np.isnan(dev)  # the metric's first residual sets its deviation
@@ -181,6 +176,21 @@ class SeasonalProfile:
         table["level"][rows, phase] = new_level
         table["dev"][rows] = new_dev
         table["count"][rows] += 1
+
+    def _verdicts(
+        self, keys: tuple[str, ...], members: list[int], z: np.ndarray, warming: list[bool],
+        verdicts: list[Verdict | None],
+    ) -> None:
+        order = np.argsort(-z, axis=1, kind="stable")[:, :3].tolist()
+        metrics = [k[: -len(".last")] for k in keys]
+        zl, shown = z.tolist(), rounded(z, 3).tolist()
+        for j, i in enumerate(members):
+            if warming[j]:
+                verdicts[i] = Verdict(0.0, False, [], warming_up=True)
+                continue
+            top = [Contributor(metrics[m], shown[j][m]) for m in order[j]]
+            score = max(zl[j])
+            verdicts[i] = Verdict(score, score >= self.threshold, top)
 
     def state_bytes(self, sensor_id: str) -> int:
         """Payload bytes of one sensor: levels, deviations, the counter and the first end."""
