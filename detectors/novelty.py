@@ -70,7 +70,12 @@ Per sensor and metric: ``tilings × (2·max_bin + 1)`` float32 counts (132 bytes
 plus the float64 level and deviation; per sensor a counter and its first window's end: 164
 bytes for one metric, 608 for four, independent of how long it has run. Sensors with the
 same metrics are rows of one set of tables (``detectors._rows``), so a round of windows is
-scored and learned with a few numpy calls. (Measured figures: docs/accuracy.md.)
+scored and learned with a few numpy calls. Measured at 10,000 sensors: snapshot 179 bytes per
+sensor with one metric, 623 with four (619 through the flow's stages, ``bench.state_size``);
+3.4 µs per window with one metric and 9.9 µs with four when a call holds one window of each
+of 10,000 sensors (the seasonal profile in the same run: 4.3 / 11.8 µs; 2-vCPU x86_64 under
+other load), ~95-120 µs for a call with a single window (numpy overhead). In the flow each
+detector also gets two calibration rings per sensor (~2.4 KiB), more than the detector.
 """
 
 from __future__ import annotations

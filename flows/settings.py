@@ -157,7 +157,7 @@ class Settings:
         "(how rarely the newest value has been where it is now, lately), zscore "
         "(robust z-score). Their raw scores are calibrated per sensor and "
         "combined into one anomaly likelihood (docs/architecture.md#detection).",
-        default="hst,lstm_ae,seasonal",
+        default="hst,lstm_ae,seasonal,novelty",
     )
     model_registry: str = _doc(
         "Model registry folder for lstm_ae (versions + ACTIVE pointer); empty uses the model "
