@@ -157,3 +157,17 @@ def test_forget_drops_a_sensor_and_it_starts_fresh() -> None:
     _feed(det, "s", 0, _noise(40, 12))
     det.forget("s")
     assert _feed(det, "s", 40, _noise(1, 13))[0].warming_up
+
+
+def test_a_place_not_visited_for_longer_than_the_decay_horizon_is_novel_again() -> None:
+    fast, slow = ValueNovelty(decay=0.01), ValueNovelty(decay=0.0005)  # horizons 100 / 2000
+    rng = np.random.default_rng(14)
+    episode = [{"x": 40.0 + rng.normal(0, 1.0)} for _ in range(100)]
+    for det in (fast, slow):
+        _feed(det, "s", 0, _noise(DAY + 40, 15))
+        _feed(det, "s", DAY + 40, episode)  # a stay at a new level, then back to normal
+        _feed(det, "s", DAY + 140, _noise(800, 16))
+    again = {"x": 40.0}
+    start = 2 * DAY + 700
+    assert _feed(fast, "s", start, [again])[0].score > 0.8  # forgotten: novel again
+    assert _feed(slow, "s", start, [again])[0].score < 0.3  # still remembered
