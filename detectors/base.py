@@ -4,7 +4,9 @@ A detector knows nothing of Bytewax or Kafka. The flow keeps one detector instan
 shard, feeds it every window that shard closes (in event-time order per sensor), and asks for
 ``snapshot()`` bytes at each recovery epoch; ``restore()`` must rebuild an instance that scores
 the next window exactly as the original would have. Scores are "larger = more anomalous" and
-comparable to the detector's own ``threshold``.
+comparable to the detector's own ``threshold``. A detector class may set ``surprise_only =
+True`` to take part only in the ensemble's surprise score, never in alerts
+(``detectors/ensemble.py``).
 """
 
 from __future__ import annotations

@@ -46,6 +46,16 @@ def build_detectors(settings: Settings) -> list[Detector]:
                 period_s=settings.seasonal_period.total_seconds(),
                 buckets=settings.seasonal_buckets,
             ))
+        elif name == "novelty":
+            from detectors.novelty import ValueNovelty
+
+            out.append(ValueNovelty(
+                bin_width=settings.novelty_bin_width,
+                tilings=settings.novelty_tilings,
+                rate=settings.novelty_rate,
+                decay=settings.novelty_decay,
+                warmup_period_s=settings.novelty_warmup_period.total_seconds(),
+            ))
         elif name == "zscore":
             out.append(RobustZScore(
                 settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup

@@ -19,7 +19,8 @@ PREFIX = "VIGIL_"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-DETECTOR_NAMES = ("hst", "lstm_ae", "seasonal", "zscore")  # what VIGIL_DETECTORS may list
+# what VIGIL_DETECTORS may list
+DETECTOR_NAMES = ("hst", "lstm_ae", "seasonal", "novelty", "zscore")
 _BROKER = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
 
@@ -152,10 +153,11 @@ class Settings:
     # --- Detectors --------------------------------------------------------------------------
     detectors: str = _doc(
         "Comma-separated detectors to run: hst (River Half-Space Trees), lstm_ae (ONNX LSTM "
-        "autoencoder), seasonal (newest value vs its usual level at this time of day), zscore "
+        "autoencoder), seasonal (newest value vs its usual level at this time of day), novelty "
+        "(how rarely the newest value has been where it is now, lately), zscore "
         "(robust z-score). Their raw scores are calibrated per sensor and "
         "combined into one anomaly likelihood (docs/architecture.md#detection).",
-        default="hst,lstm_ae,seasonal",
+        default="hst,lstm_ae,seasonal,novelty",
     )
     model_registry: str = _doc(
         "Model registry folder for lstm_ae (versions + ACTIVE pointer); empty uses the model "
@@ -204,6 +206,33 @@ class Settings:
     seasonal_buckets: int = _doc(
         "Phases the seasonal period is cut into, each with its own learned level per metric.",
         default=48,
+    )
+
+    # --- Value novelty detector ------------------------------------------------------------
+    novelty_bin_width: float = _doc(
+        "Bin width of the novelty detector, in units of log2(1 + abs(z)) of the newest value's "
+        "deviation from its running level (1: one bin per doubling).",
+        default=1.0,
+    )
+    novelty_tilings: int = _doc(
+        "Offset bin grids (tilings) the novelty detector counts in; its score is the mean "
+        "rarity over them, which keeps it from hinging on where one grid's edges fall.",
+        default=3,
+    )
+    novelty_rate: float = _doc(
+        "Per-window EWMA rate of the novelty detector's running level and deviation, "
+        "against which a value is placed in a bin.",
+        default=0.005,
+    )
+    novelty_decay: float = _doc(
+        "Per-window decay of the novelty detector's bin counts: a place not visited for "
+        "about 1/decay windows is novel again.",
+        default=0.0005,
+    )
+    novelty_warmup_period: timedelta = _doc(
+        "The novelty detector has no opinion on a sensor until it has seen it this long "
+        "(and for 30 windows), so its counts cover a daily cycle.",
+        default=timedelta(days=1),
     )
 
     # --- Calibration and alert policy -------------------------------------------------------
@@ -430,7 +459,18 @@ class Settings:
             p.append("VIGIL_MODEL_RELOAD_INTERVAL must be positive")
         if self.seasonal_period <= timedelta(0):
             p.append("VIGIL_SEASONAL_PERIOD must be positive")
-        for name in ("alert_resolve_after", "alert_open_after", "hst_warmup", "seasonal_buckets"):
+        if self.novelty_bin_width <= 0:
+            p.append("VIGIL_NOVELTY_BIN_WIDTH must be positive")
+        if not 0 < self.novelty_rate <= 1:
+            p.append(f"VIGIL_NOVELTY_RATE must lie in (0, 1], got {self.novelty_rate}")
+        if not 0 < self.novelty_decay < 1:
+            p.append(f"VIGIL_NOVELTY_DECAY must lie in (0, 1), got {self.novelty_decay}")
+        if self.novelty_warmup_period < timedelta(0):
+            p.append("VIGIL_NOVELTY_WARMUP_PERIOD must not be negative")
+        for name in (
+            "alert_resolve_after", "alert_open_after", "hst_warmup", "seasonal_buckets",
+            "novelty_tilings",
+        ):
             if getattr(self, name) < 1:
                 p.append(f"VIGIL_{name.upper()} must be at least 1")
         if not self.calibration_short < self.calibration_warmup <= self.calibration_history:

@@ -181,3 +181,33 @@ def test_rounded_publishes_the_same_floats_as_python_round() -> None:
     # the documented exception: 2.5e-6 is a hair above the tie in binary, but 2.5e-6 * 1e6
     # rounds to exactly 2.5, which rint sends to the even neighbour
     assert rounded(np.array([2.5e-6]))[0] == 2e-6 and round(2.5e-6, 6) == 3e-6
+
+
+class _SurpriseOnly(_Replay):
+    surprise_only = True
+
+
+def test_a_surprise_only_detector_shapes_surprise_but_never_the_held_likelihood() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0, 1, 400), rng.normal(0, 1, 400)
+    b[350] = 12.0  # only the surprise-only detector sees this onset
+    both = Ensemble([_Replay("a", a), _SurpriseOnly("b", b)])  # type: ignore[list-item]
+    held_only = Ensemble([_Replay("a", a)])  # type: ignore[list-item]
+    plain = Ensemble([_Replay("a", a), _Replay("b", b)])  # type: ignore[list-item]
+    out, ref, full = [], [], []
+    for i in range(400):
+        w = [("s", ClosedWindow(i * 1000, (i + 1) * 1000, {}, 1))]
+        out += both.score_and_learn(w)
+        ref += held_only.score_and_learn(w)
+        full += plain.score_and_learn(w)
+    # held likelihood, anomalous flags and fired detectors are those of "a" alone
+    assert [j.likelihood for j in out] == [j.likelihood for j in ref]
+    assert [j.anomalous for j in out] == [j.anomalous for j in ref]
+    assert all("b" not in j.likelihoods and "b" not in j.fired for j in out)
+    # the surprise is exactly the two-detector Tippett combination, onset included
+    assert [j.surprise for j in out] == [j.surprise for j in full]
+    assert out[350].surprise > 0.99 and not out[350].anomalous
+    assert both.held_names == ("a",) and both.held.width == 1  # no held ring for it at all
+    restored = Ensemble([_Replay("a", a), _SurpriseOnly("b", b)])  # type: ignore[list-item]
+    restored.restore(both.snapshot())
+    assert restored.unheld.seen("s", 1) == both.unheld.seen("s", 1) > 300
