@@ -46,6 +46,15 @@ def build_detectors(settings: Settings) -> list[Detector]:
                 period_s=settings.seasonal_period.total_seconds(),
                 buckets=settings.seasonal_buckets,
             ))
+        elif name == "corr":
+            from detectors.corr import CorrelationDetector
+
+            out.append(CorrelationDetector(
+                settings.corr_threshold,
+                half_life_s=settings.corr_half_life.total_seconds(),
+                shrinkage=settings.corr_shrinkage,
+                warmup=settings.corr_warmup,
+            ))
         elif name == "zscore":
             out.append(RobustZScore(
                 settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup
