@@ -157,7 +157,7 @@ class Settings:
         "between a sensor's metrics; needs two or more metrics). Their raw scores are "
         "calibrated per sensor and combined into one anomaly likelihood "
         "(docs/architecture.md#detection).",
-        default="hst,lstm_ae,seasonal",
+        default="hst,lstm_ae,seasonal,corr",
     )
     model_registry: str = _doc(
         "Model registry folder for lstm_ae (versions + ACTIVE pointer); empty uses the model "
@@ -241,8 +241,9 @@ class Settings:
     )
     alert_likelihood: float = _doc(
         "Combined anomaly likelihood (0..1) at or above which a window is anomalous; "
-        "0.998 means about one window in 500 of a steady sensor.",
-        default=0.998,
+        "0.9995 means about one window in 2,000 of a steady sensor (chosen for the default "
+        "detectors, docs/accuracy.md; with HST and the LSTM-AE alone 0.998 did best).",
+        default=0.9995,
     )
     critical_likelihood: float = _doc(
         "Peak likelihood at which an alert's severity is critical instead of warning.",

@@ -29,11 +29,11 @@ def _coupled(
     rng: np.random.Generator, broken: bool = False, low: float = 1.0
 ) -> dict[str, float]:
     """Flow and pressure move together (pressure = flow + small noise); a broken coupling
-    moves pressure against flow (by one to two of its deviations, so the break shows). Each
-    metric stays inside its usual range either way."""
+    holds pressure against flow (flow one to two of its deviations up, pressure as far
+    down, window after window). Each metric stays inside its usual range either way."""
     flow = rng.normal(0.0, 1.0)
     if broken:
-        flow = rng.choice([-1.0, 1.0]) * rng.uniform(low, 2.0)
+        flow = rng.uniform(low, 2.0)
     pressure = (-flow if broken else flow) + rng.normal(0.0, 0.1)
     return {"flow": 50.0 + flow, "pressure": 3.0 + pressure, "temp": 20.0 + rng.normal(0, 1)}
 
@@ -48,7 +48,7 @@ def _feed(det: CorrelationDetector, sid: str, start: int, n: int, rng: np.random
 
 def test_a_broken_correlation_scores_high_while_each_metric_stays_in_its_range() -> None:
     def run(shrinkage: float) -> tuple[list, list, np.ndarray]:
-        det = CorrelationDetector(shrinkage=shrinkage)
+        det = CorrelationDetector(shrinkage=shrinkage, smooth_windows=0)  # windows as they are
         normal = _feed(det, "s", 0, 600, np.random.default_rng(0))[det.warmup:]
         rng = np.random.default_rng(1)
         values = [_coupled(rng, broken=True) for _ in range(30)]
@@ -110,7 +110,7 @@ def test_no_opinion_during_warm_up_or_with_a_single_metric() -> None:
 
 def test_anomalous_windows_are_learned_at_the_reduced_weight_only() -> None:
     def run(weight: float) -> list[float]:
-        det = CorrelationDetector(anomaly_weight=weight)
+        det = CorrelationDetector(anomaly_weight=weight, smooth_windows=0)
         _feed(det, "s", 0, 600, np.random.default_rng(4))
         episode = _feed(det, "s", 600, 300, np.random.default_rng(5), True, low=1.6)
         return [v.score for v in episode]
@@ -124,7 +124,7 @@ def test_anomalous_windows_are_learned_at_the_reduced_weight_only() -> None:
     # the reduced weight lies in between: it fades, but slower
     assert np.mean(absorbed[-100:]) < np.mean(held[-100:]) < np.mean(frozen[-100:])
 
-    det = CorrelationDetector(anomaly_weight=0.0)
+    det = CorrelationDetector(anomaly_weight=0.0, smooth_windows=0)
     _feed(det, "s", 0, 600, np.random.default_rng(4))
     before = det.snapshot()
     verdicts = _feed(det, "s", 600, 20, np.random.default_rng(5), True, low=1.6)
@@ -135,13 +135,33 @@ def test_anomalous_windows_are_learned_at_the_reduced_weight_only() -> None:
     np.testing.assert_array_equal(old["cov"], new["cov"])
 
 
+def test_smoothing_finds_a_small_persistent_break_hidden_in_window_noise() -> None:
+    def run(smooth: float) -> tuple[list[float], list[float]]:
+        det = CorrelationDetector(smooth_windows=smooth)
+        rng = np.random.default_rng(9)
+        normal = [v.score for v in _feed(det, "s", 0, 600, rng)[det.warmup:]]
+        episode = []
+        for i in range(600, 700):  # pressure sits 0.8 below its relation to flow
+            v = _coupled(rng)
+            v["pressure"] -= 0.8
+            episode += det.score_and_learn([("s", _window(i, v))])
+        return normal, [v.score for v in episode[20:]]
+
+    _, raw_episode = run(0)
+    smooth_normal, smooth_episode = run(10)
+    assert np.median(raw_episode) < CorrelationDetector().threshold  # lost in the noise
+    assert np.median(smooth_episode) > 2 * np.quantile(smooth_normal, 0.99)
+    assert np.median(smooth_episode) > CorrelationDetector().threshold
+
+
 def test_contributors_name_the_metric_that_left_its_relation() -> None:
     rng = np.random.default_rng(6)
     det = CorrelationDetector()
     _feed(det, "s", 0, 600, rng)
     # pressure moves 3 of its own deviations while flow (its partner) stays put
-    v = det.score_and_learn([("s", _window(600, {"flow": 50.0, "pressure": 6.0,
-                                                 "temp": 20.0}))])[0]
+    for i in range(600, 620):
+        v = det.score_and_learn([("s", _window(i, {"flow": 50.0, "pressure": 6.0,
+                                                   "temp": 20.0}))])[0]
     assert v.anomalous
     assert v.contributors[0].metric == "pressure"
     assert v.contributors[0].weight > 0.5 * v.score
@@ -163,10 +183,10 @@ def test_per_sensor_state_is_bounded_and_does_not_grow_with_time() -> None:
     _feed(det, "s", 100, 900, rng)
     assert len(det.snapshot()) == size
     d = 3
-    assert det.state_bytes("s") == 4 * d + 4 * d * (d + 1) // 2 + 16
+    assert det.state_bytes("s") == 8 * d + 4 * d * (d + 1) // 2 + 16  # 64 bytes
     eight = CorrelationDetector()
     eight.score_and_learn([("e", _window(0, {f"m{j}": 1.0 for j in range(8)}))])
-    assert eight.state_bytes("e") == 192
+    assert eight.state_bytes("e") == 224
 
 
 def test_settings_build_the_detector_and_reject_bad_values() -> None:
