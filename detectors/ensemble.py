@@ -104,7 +104,7 @@ class CalibrationConfig:
     """``short`` of the surprise calibrators: an onset score should not wait for k windows."""
     surprise_method: Literal["fisher", "tippett", "max"] = "tippett"
     """How the surprise calibrators' likelihoods are combined (``calibration.combine``)."""
-    alert_likelihood: float = 0.998
+    alert_likelihood: float = 0.9995
     """Combined likelihood at which a window is anomalous."""
     fired_likelihood: float = 0.99
     """A detector's own likelihood at which it is named among those that fired."""

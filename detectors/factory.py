@@ -56,6 +56,15 @@ def build_detectors(settings: Settings) -> list[Detector]:
                 decay=settings.novelty_decay,
                 warmup_period_s=settings.novelty_warmup_period.total_seconds(),
             ))
+        elif name == "corr":
+            from detectors.corr import CorrelationDetector
+
+            out.append(CorrelationDetector(
+                settings.corr_threshold,
+                half_life_s=settings.corr_half_life.total_seconds(),
+                shrinkage=settings.corr_shrinkage,
+                warmup=settings.corr_warmup,
+            ))
         elif name == "zscore":
             out.append(RobustZScore(
                 settings.zscore_threshold, settings.zscore_history, settings.zscore_warmup
