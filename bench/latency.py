@@ -592,7 +592,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--detectors", metavar="NAMES",
                    help="VIGIL_DETECTORS for the flow (default: its own)")
     p.add_argument("--poll-ms", type=int, metavar="MS",
-                   help="VIGIL_CONSUMER_POLL_MS for the flow (default: its own, 10)")
+                   help="VIGIL_CONSUMER_POLL_MS for the flow (default: its own, 0)")
     p.add_argument("--shards", type=positive_int, metavar="N",
                    help="VIGIL_STATE_SHARDS for the flow (default: its own)")
     p.add_argument("--linger-ms", type=int, metavar="MS",

@@ -93,9 +93,11 @@ class Settings:
         default=5000,
     )
     consumer_poll_ms: int = _doc(
-        "Longest wait for a poll to fill a batch: with fewer readings waiting, the batch goes "
-        "on after this many ms. Lower cuts latency at low rates, higher amortises overhead.",
-        default=10,
+        "Longest wait for a poll to fill a batch. 0 takes what the client has already fetched "
+        "and goes on (an empty poll is retried 1 ms later): measured, one broker hop p50 "
+        "14 -> 9 ms and the flow's alert p99 at 20k readings/s 140-156 -> 113-130 ms against "
+        "10, with no throughput lost (docs/benchmarks.md).",
+        default=0,
     )
     fetch_wait_max_ms: int = _doc(
         "librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch; bounds latency.",
