@@ -581,7 +581,8 @@ def run_flow(
     if not any(s.count for s in samples):
         raise RuntimeError(
             f"flow run {run} exited without its readings counter ever rising above 0 "
-            f"(metrics endpoint unreachable or nothing read); log {log_path}"
+            f"(metrics endpoint unreachable, nothing read, or the whole run took less than "
+            f"one --poll-interval ({cfg.poll_s:g} s): give more --readings); log {log_path}"
         )
     counted = samples[-1].count
     # a flow that reached n and exited between two polls: the score records confirm below
