@@ -97,7 +97,7 @@ import pickle
 import numpy as np
 
 from detectors._rows import SensorRows
-from detectors.base import Verdict, gather, sensor_rounds
+from detectors.base import Verdict, by_feature_set, gather, rounded
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -177,17 +177,12 @@ class CorrelationDetector:
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         """Score then learn each window; several windows of one sensor go in rounds."""
         verdicts: list[Verdict | None] = [None] * len(batch)
-        for indices in sensor_rounds(batch):
-            groups: dict[tuple[str, ...], list[int]] = {}
-            for i in indices:
-                sid, window = batch[i]
-                groups.setdefault(self._sensor_keys(sid, window), []).append(i)
-            for keys, members in groups.items():
-                if not keys:
-                    for i in members:
-                        verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-                    continue
-                self._score_group(keys, members, batch, verdicts)
+        for keys, members in by_feature_set(batch, self._sensor_keys):
+            if not keys:
+                for i in members:
+                    verdicts[i] = Verdict(0.0, False, [], warming_up=True)
+                continue
+            self._score_group(keys, members, batch, verdicts)
         return verdicts  # type: ignore[return-value]
 
     def _score_group(
@@ -229,7 +224,7 @@ class CorrelationDetector:
         self._learn(table, rows, span, mean, cov, n, step, anomalous)
         order = np.argsort(-share, axis=1, kind="stable")[:, :3].tolist()
         metrics = [k[: -len(_FEATURE)] for k in keys]
-        share_rows = share.tolist()
+        share_rows = rounded(np.maximum(share, 0.0), 3).tolist()  # negative shares show as 0
         score_list = scores.tolist()
         ready_list = ready.tolist()
         anomalous_list = anomalous.tolist()
@@ -237,8 +232,7 @@ class CorrelationDetector:
             if not ready_list[j]:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
                 continue
-            top = [Contributor(metrics[m], round(max(share_rows[j][m], 0.0), 3))
-                   for m in order[j]]
+            top = [Contributor(metrics[m], share_rows[j][m]) for m in order[j]]
             verdicts[i] = Verdict(score_list[j], anomalous_list[j], top)
 
     def _learn(

@@ -93,7 +93,7 @@ import pickle
 import numpy as np
 
 from detectors._rows import SensorRows
-from detectors.base import Verdict, gather, sensor_rounds
+from detectors.base import Verdict, by_feature_set, gather
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -164,19 +164,18 @@ class ValueNovelty:
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         """Score then learn each window; windows of one sensor are taken in order."""
         verdicts: list[Verdict | None] = [None] * len(batch)
-        for indices in sensor_rounds(batch):
-            groups: dict[tuple[str, ...], list[int]] = {}
-            for i in indices:
-                sid, window = batch[i]
-                keys = self._keys.get(sid)
-                if keys is None:
-                    keys = self._keys[sid] = tuple(
-                        sorted(k for k in window.features if k.endswith(".last"))
-                    )
-                groups.setdefault(keys, []).append(i)
-            for keys, members in groups.items():
-                self._score_group(keys, members, batch, verdicts)
+        for keys, members in by_feature_set(batch, self._sensor_keys):
+            self._score_group(keys, members, batch, verdicts)
         return verdicts  # type: ignore[return-value]
+
+    def _sensor_keys(self, sensor_id: str, window: ClosedWindow) -> tuple[str, ...]:
+        """The sensor's ``<metric>.last`` features, fixed by its first window."""
+        keys = self._keys.get(sensor_id)
+        if keys is None:
+            keys = self._keys[sensor_id] = tuple(
+                sorted(k for k in window.features if k.endswith(".last"))
+            )
+        return keys
 
     def bin_of(self, x: np.ndarray, level: np.ndarray, dev: np.ndarray) -> np.ndarray:
         """Bin index (0 .. 2·max_bin) per tiling of values ``x`` given level and deviation:
