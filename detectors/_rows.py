@@ -12,13 +12,13 @@ and reuses the rows of forgotten sensors. Its snapshot holds only rows in use.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SensorRows"]
+__all__ = ["FeatureSets", "SensorRows"]
 
 
 class SensorRows:
@@ -116,3 +116,66 @@ class SensorRows:
             self.tables[name][:n] = tables[name]
         self.index = dict(zip(ids, range(n), strict=True))
         self.size = n
+
+
+TableSpec = dict[str, tuple[tuple[int, ...], Any, Any]]
+
+
+class FeatureSets:
+    """One ``SensorRows`` per feature set, and which set each sensor belongs to.
+
+    For detectors whose per-sensor state depends on a sensor's features (a sensor with four
+    metrics needs rows four wide): sensors with the same features share one set of tables,
+    so a group of them is scored with one vectorised call. ``select(features)`` names the
+    features a sensor is judged on, from its first window; ``spec(keys)`` gives the tables
+    for a feature set. Their snapshot is a list of ``(keys, sensor ids, tables)``.
+    """
+
+    def __init__(
+        self,
+        spec: Callable[[tuple[str, ...]], TableSpec],
+        select: Callable[[Mapping[str, float]], tuple[str, ...]],
+    ) -> None:
+        self.spec = spec
+        self.select = select
+        self.groups: dict[tuple[str, ...], SensorRows] = {}
+        self.keys: dict[str, tuple[str, ...]] = {}
+
+    def table(self, keys: tuple[str, ...]) -> SensorRows:
+        """The tables of feature set ``keys`` (made on first use)."""
+        table = self.groups.get(keys)
+        if table is None:
+            table = self.groups[keys] = SensorRows(self.spec(keys))
+        return table
+
+    def keys_of(self, sensor_id: str, features: Mapping[str, float]) -> tuple[str, ...]:
+        """The sensor's feature set: chosen from its first window, then kept."""
+        keys = self.keys.get(sensor_id)
+        if keys is None:
+            keys = self.keys[sensor_id] = self.select(features)
+        return keys
+
+    def snapshot(self) -> list[tuple[tuple[str, ...], list[str], dict[str, np.ndarray]]]:
+        """Every feature set's keys, sensor ids and table rows."""
+        return [(keys, *table.snapshot()) for keys, table in self.groups.items()]
+
+    def restore(
+        self,
+        groups: Sequence[tuple[Sequence[str], list[str], dict[str, np.ndarray]]],
+        keys: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """Replace everything with ``snapshot()`` output; ``keys`` adds sensors that belong
+        to no table (e.g. a feature set a detector has no opinion on)."""
+        self.groups, self.keys = {}, dict(keys or {})
+        for set_keys, ids, tables in groups:
+            set_keys = tuple(set_keys)
+            self.table(set_keys).restore(ids, tables)
+            self.keys.update(dict.fromkeys(ids, set_keys))
+
+    def forget(self, sensor_id: str) -> None:
+        """Drop a sensor (its row is reused by the next new sensor of its set)."""
+        keys = self.keys.pop(sensor_id, None)
+        if keys is not None:
+            table = self.groups.get(keys)
+            if table is not None:
+                table.drop(sensor_id)

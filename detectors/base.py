@@ -11,7 +11,7 @@ True`` to take part only in the ensemble's surprise score, never in alerts
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
@@ -52,21 +52,28 @@ def sensor_rounds(batch: list[tuple[str, ClosedWindow]]) -> list[list[int]]:
     return rounds
 
 
+def last_values(features: Mapping[str, float]) -> tuple[str, ...]:
+    """A window's ``<metric>.last`` features, sorted: the feature set of detectors that judge
+    each metric's newest value."""
+    return tuple(sorted(k for k in features if k.endswith(".last")))
+
+
 def by_feature_set(
     batch: list[tuple[str, ClosedWindow]],
-    keys_of: Callable[[str, ClosedWindow], tuple[str, ...]],
+    keys_of: Callable[[str, Mapping[str, float]], tuple[str, ...]],
 ) -> Iterator[tuple[tuple[str, ...], list[int]]]:
     """Batch indices grouped by their sensor's feature set, one sensor round at a time.
 
-    For detectors whose state is one table per feature set: each group is scored and learned
-    with one vectorised call, and a sensor's later windows (later rounds) come only after its
-    earlier ones. ``keys_of(sensor_id, window)`` names the sensor's feature set.
+    For detectors whose state is one table per feature set (``detectors._rows.FeatureSets``):
+    each group is scored and learned with one vectorised call, and a sensor's later windows
+    (later rounds) come only after its earlier ones. ``keys_of(sensor_id, features)`` names
+    the sensor's feature set.
     """
     for indices in sensor_rounds(batch):
         groups: dict[tuple[str, ...], list[int]] = {}
         for i in indices:
             sid, window = batch[i]
-            groups.setdefault(keys_of(sid, window), []).append(i)
+            groups.setdefault(keys_of(sid, window.features), []).append(i)
         yield from groups.items()
 
 

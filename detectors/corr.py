@@ -93,10 +93,11 @@ each at a 300-score history), which cost more state than the detector itself.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 
 import numpy as np
 
-from detectors._rows import SensorRows
+from detectors._rows import FeatureSets, SensorRows, TableSpec
 from detectors.base import Verdict, by_feature_set, gather, rounded
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
@@ -148,36 +149,29 @@ class CorrelationDetector:
         self.warmup = warmup
         self.rel_floor = rel_floor
         self.max_metrics = max_metrics
-        self._groups: dict[tuple[str, ...], SensorRows] = {}
-        self._keys: dict[str, tuple[str, ...]] = {}  # () for a sensor with < 2 metrics
+        self._sets = FeatureSets(self._spec, self._select)  # () for < 2 metrics: no table
 
-    def _table(self, keys: tuple[str, ...]) -> SensorRows:
+    @staticmethod
+    def _spec(keys: tuple[str, ...]) -> TableSpec:
         """Per sensor: float32 smoothed window means, their learned mean and packed
         upper-triangle covariance, and (windows learned, last window end)."""
-        table = self._groups.get(keys)
-        if table is None:
-            d = len(keys)
-            table = self._groups[keys] = SensorRows({
-                "smooth": ((d,), np.float32, 0.0),
-                "mean": ((d,), np.float32, 0.0),
-                "cov": ((d * (d + 1) // 2,), np.float32, 0.0),
-                "meta": ((2,), np.int64, 0),
-            })
-        return table
+        d = len(keys)
+        return {
+            "smooth": ((d,), np.float32, 0.0),
+            "mean": ((d,), np.float32, 0.0),
+            "cov": ((d * (d + 1) // 2,), np.float32, 0.0),
+            "meta": ((2,), np.int64, 0),
+        }
 
-    def _sensor_keys(self, sid: str, window: ClosedWindow) -> tuple[str, ...]:
-        keys = self._keys.get(sid)
-        if keys is None:
-            found = sorted(k for k in window.features if k.endswith(_FEATURE))
-            keys = tuple(found[: self.max_metrics]) if len(found) >= 2 else ()
-            self._keys[sid] = keys
-        return keys
+    def _select(self, features: Mapping[str, float]) -> tuple[str, ...]:
+        found = sorted(k for k in features if k.endswith(_FEATURE))
+        return tuple(found[: self.max_metrics]) if len(found) >= 2 else ()
 
     # -- scoring -----------------------------------------------------------------------------
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         """Score then learn each window; several windows of one sensor go in rounds."""
         verdicts: list[Verdict | None] = [None] * len(batch)
-        for keys, members in by_feature_set(batch, self._sensor_keys):
+        for keys, members in by_feature_set(batch, self._sets.keys_of):
             if not keys:
                 for i in members:
                     verdicts[i] = Verdict(0.0, False, [], warming_up=True)
@@ -190,7 +184,7 @@ class CorrelationDetector:
         batch: list[tuple[str, ClosedWindow]], verdicts: list[Verdict | None],
     ) -> None:
         d = len(keys)
-        table = self._table(keys)
+        table = self._sets.table(keys)
         rows = table.rows([batch[i][0] for i in members])
         x = gather(batch, members, keys)
         span = np.array([(batch[i][1].start_ms, batch[i][1].end_ms) for i in members], np.int64)
@@ -259,14 +253,14 @@ class CorrelationDetector:
     # -- state -------------------------------------------------------------------------------
     def state_bytes(self, sensor_id: str) -> int:
         """Payload bytes of one sensor: means, packed covariance and two counters."""
-        d = len(self._keys[sensor_id])
+        d = len(self._sets.keys[sensor_id])
         return 0 if d == 0 else 8 * d + 4 * (d * (d + 1) // 2) + 16
 
     def snapshot(self) -> bytes:
         """Each feature set's table rows (numpy arrays pickle as raw bytes), and the sensors
         without an opinion (fewer than two metrics)."""
-        groups = [(keys, *table.snapshot()) for keys, table in self._groups.items()]
-        single = [sid for sid, keys in self._keys.items() if not keys]
+        groups = self._sets.snapshot()
+        single = [sid for sid, keys in self._sets.keys.items() if not keys]
         return pickle.dumps(
             (_SNAPSHOT_VERSION, groups, single), protocol=pickle.HIGHEST_PROTOCOL
         )
@@ -276,19 +270,11 @@ class CorrelationDetector:
         version, groups, single = pickle.loads(state)
         if version != _SNAPSHOT_VERSION:
             raise ValueError(f"corr snapshot version {version} is not supported")
-        self._groups, self._keys = {}, dict.fromkeys(single, ())
-        for keys, ids, tables in groups:
-            keys = tuple(keys)
-            self._table(keys).restore(ids, tables)
-            self._keys.update(dict.fromkeys(ids, keys))
+        self._sets.restore(groups, dict.fromkeys(single, ()))
 
     def forget(self, sensor_id: str) -> None:
         """Drop a sensor's mean and covariance."""
-        keys = self._keys.pop(sensor_id, None)
-        if keys:
-            table = self._groups.get(keys)
-            if table is not None:
-                table.drop(sensor_id)
+        self._sets.forget(sensor_id)
 
 
 _TRIU: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -92,8 +92,8 @@ import pickle
 
 import numpy as np
 
-from detectors._rows import SensorRows
-from detectors.base import Verdict, by_feature_set, gather
+from detectors._rows import FeatureSets, TableSpec
+from detectors.base import Verdict, by_feature_set, gather, last_values
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -143,39 +143,26 @@ class ValueNovelty:
         self.warmup_ms = round(warmup_period_s * 1000)
         self.rel_floor = rel_floor
         self._offsets = np.arange(tilings, dtype=np.float64) / tilings + 0.5
-        self._groups: dict[tuple[str, ...], SensorRows] = {}
-        self._keys: dict[str, tuple[str, ...]] = {}
+        self._sets = FeatureSets(self._spec, last_values)
 
-    def _table(self, keys: tuple[str, ...]) -> SensorRows:
+    def _spec(self, keys: tuple[str, ...]) -> TableSpec:
         """Per sensor: level and deviation per metric (NaN: no value / one value yet), the
         decayed bin counts per metric and tiling, a counter and its first window's end."""
-        table = self._groups.get(keys)
-        if table is None:
-            m = len(keys)
-            table = self._groups[keys] = SensorRows({
-                "level": ((m,), np.float64, np.nan),
-                "dev": ((m,), np.float64, np.nan),
-                "counts": ((m, self.tilings, self.bins), np.float32, 0.0),
-                "count": ((), np.int64, 0),
-                "first": ((), np.int64, _NO_FIRST),
-            })
-        return table
+        m = len(keys)
+        return {
+            "level": ((m,), np.float64, np.nan),
+            "dev": ((m,), np.float64, np.nan),
+            "counts": ((m, self.tilings, self.bins), np.float32, 0.0),
+            "count": ((), np.int64, 0),
+            "first": ((), np.int64, _NO_FIRST),
+        }
 
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         """Score then learn each window; windows of one sensor are taken in order."""
         verdicts: list[Verdict | None] = [None] * len(batch)
-        for keys, members in by_feature_set(batch, self._sensor_keys):
+        for keys, members in by_feature_set(batch, self._sets.keys_of):
             self._score_group(keys, members, batch, verdicts)
         return verdicts  # type: ignore[return-value]
-
-    def _sensor_keys(self, sensor_id: str, window: ClosedWindow) -> tuple[str, ...]:
-        """The sensor's ``<metric>.last`` features, fixed by its first window."""
-        keys = self._keys.get(sensor_id)
-        if keys is None:
-            keys = self._keys[sensor_id] = tuple(
-                sorted(k for k in window.features if k.endswith(".last"))
-            )
-        return keys
 
     def bin_of(self, x: np.ndarray, level: np.ndarray, dev: np.ndarray) -> np.ndarray:
         """Bin index (0 .. 2·max_bin) per tiling of values ``x`` given level and deviation:
@@ -195,7 +182,7 @@ class ValueNovelty:
             for i in members:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
             return
-        table = self._table(keys)
+        table = self._sets.table(keys)
         n, m, t = len(members), len(keys), self.tilings
         rows = table.rows([batch[i][0] for i in members])
         x = gather(batch, members, keys)  # (n, m), NaN where a metric is missing
@@ -247,13 +234,13 @@ class ValueNovelty:
 
     def state_bytes(self, sensor_id: str) -> int:
         """Payload bytes of one sensor: counts, level and deviation, counter and first end."""
-        m = len(self._keys[sensor_id])
+        m = len(self._sets.keys[sensor_id])
         return m * (self.tilings * self.bins * 4 + 16) + 16
 
     def snapshot(self) -> bytes:
         """Each feature set's table rows (numpy arrays pickle as raw bytes)."""
         params = (self.tilings, self.bins)
-        groups = [(keys, *table.snapshot()) for keys, table in self._groups.items()]
+        groups = self._sets.snapshot()
         return pickle.dumps(
             (_SNAPSHOT_VERSION, params, groups), protocol=pickle.HIGHEST_PROTOCOL
         )
@@ -268,16 +255,8 @@ class ValueNovelty:
                 f"snapshot has {params[0]} tilings / {params[1]} bins, this detector "
                 f"{self.tilings} / {self.bins}"
             )
-        self._groups, self._keys = {}, {}
-        for keys, ids, tables in groups:
-            keys = tuple(keys)
-            self._table(keys).restore(ids, tables)
-            self._keys.update(dict.fromkeys(ids, keys))
+        self._sets.restore(groups)
 
     def forget(self, sensor_id: str) -> None:
         """Drop a sensor's counts and levels."""
-        keys = self._keys.pop(sensor_id, None)
-        if keys is not None:
-            table = self._groups.get(keys)
-            if table is not None:
-                table.drop(sensor_id)
+        self._sets.forget(sensor_id)

@@ -57,8 +57,8 @@ import pickle
 
 import numpy as np
 
-from detectors._rows import SensorRows
-from detectors.base import Verdict, by_feature_set, gather, rounded
+from detectors._rows import FeatureSets, TableSpec
+from detectors.base import Verdict, by_feature_set, gather, last_values, rounded
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -98,21 +98,17 @@ class SeasonalProfile:
         self.warmup = warmup
         self.rel_floor = rel_floor
         # one table per feature set ("<metric>.last" keys, sorted), and each sensor's set
-        self._groups: dict[tuple[str, ...], SensorRows] = {}
-        self._keys: dict[str, tuple[str, ...]] = {}
+        self._sets = FeatureSets(self._spec, last_values)
 
-    def _table(self, keys: tuple[str, ...]) -> SensorRows:
+    def _spec(self, keys: tuple[str, ...]) -> TableSpec:
         """Per sensor: float32 level per phase and metric, deviation per metric, a counter,
         and the end of its first window (for the full-period warm-up)."""
-        table = self._groups.get(keys)
-        if table is None:
-            table = self._groups[keys] = SensorRows({
-                "level": ((self.buckets, len(keys)), np.float32, np.nan),
-                "dev": ((len(keys),), np.float64, np.nan),
-                "count": ((), np.int64, 0),
-                "first": ((), np.int64, _NO_FIRST),
-            })
-        return table
+        return {
+            "level": ((self.buckets, len(keys)), np.float32, np.nan),
+            "dev": ((len(keys),), np.float64, np.nan),
+            "count": ((), np.int64, 0),
+            "first": ((), np.int64, _NO_FIRST),
+        }
 
     def phase(self, end_ms: int) -> int:
         """Phase bucket of the window's newest pane (the pane ends at ``end_ms``)."""
@@ -121,18 +117,9 @@ class SeasonalProfile:
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         """Score then learn each window; windows of one sensor are taken in order."""
         verdicts: list[Verdict | None] = [None] * len(batch)
-        for keys, members in by_feature_set(batch, self._sensor_keys):
+        for keys, members in by_feature_set(batch, self._sets.keys_of):
             self._score_group(keys, members, batch, verdicts)
         return verdicts  # type: ignore[return-value]
-
-    def _sensor_keys(self, sensor_id: str, window: ClosedWindow) -> tuple[str, ...]:
-        """The sensor's ``<metric>.last`` features, fixed by its first window."""
-        keys = self._keys.get(sensor_id)
-        if keys is None:
-            keys = self._keys[sensor_id] = tuple(
-                sorted(k for k in window.features if k.endswith(".last"))
-            )
-        return keys
 
     def _score_group(
         self, keys: tuple[str, ...], members: list[int],
@@ -142,7 +129,7 @@ class SeasonalProfile:
             for i in members:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
             return
-        table = self._table(keys)
+        table = self._sets.table(keys)
         rows = table.rows([batch[i][0] for i in members])
         x = gather(batch, members, keys)
         end = np.fromiter((batch[i][1].end_ms for i in members), np.int64, len(members))
@@ -193,13 +180,13 @@ class SeasonalProfile:
 
     def state_bytes(self, sensor_id: str) -> int:
         """Payload bytes of one sensor: levels, deviations, the counter and the first end."""
-        keys = self._keys[sensor_id]
+        keys = self._sets.keys[sensor_id]
         return self.buckets * len(keys) * 4 + len(keys) * 8 + 16
 
     def snapshot(self) -> bytes:
         """Each feature set's table rows (numpy arrays pickle as raw bytes)."""
         params = (self.period_ms, self.buckets)
-        groups = [(keys, *table.snapshot()) for keys, table in self._groups.items()]
+        groups = self._sets.snapshot()
         return pickle.dumps(
             (_SNAPSHOT_VERSION, params, groups), protocol=pickle.HIGHEST_PROTOCOL
         )
@@ -231,16 +218,8 @@ class SeasonalProfile:
         if version < 3:  # those sensors were already scoring: count a full period as seen
             for _, ids, tables in groups:
                 tables["first"] = np.full(len(ids), -self.period_ms, np.int64)
-        self._groups, self._keys = {}, {}
-        for keys, ids, tables in groups:
-            keys = tuple(keys)
-            self._table(keys).restore(ids, tables)
-            self._keys.update(dict.fromkeys(ids, keys))
+        self._sets.restore(groups)
 
     def forget(self, sensor_id: str) -> None:
         """Drop a sensor's profile."""
-        keys = self._keys.pop(sensor_id, None)
-        if keys is not None:
-            table = self._groups.get(keys)
-            if table is not None:
-                table.drop(sensor_id)
+        self._sets.forget(sensor_id)
