@@ -13,17 +13,13 @@ from detectors.ensemble import CalibrationConfig, Ensemble
 from flows.windows import ClosedWindow
 
 
-class _Replay:
-    """A detector that returns prepared raw scores, one per window."""
+class _Stateless:
+    """The Detector protocol's bookkeeping for test detectors that keep no state."""
 
     threshold = 1.0
 
-    def __init__(self, name: str, scores: np.ndarray) -> None:
+    def __init__(self, name: str) -> None:
         self.name, self.version = name, name
-        self.scores = iter(scores.tolist())
-
-    def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
-        return [Verdict(next(self.scores), False, []) for _ in batch]
 
     def snapshot(self) -> bytes:
         return b""
@@ -33,6 +29,17 @@ class _Replay:
 
     def forget(self, sensor_id: str) -> None:
         pass
+
+
+class _Replay(_Stateless):
+    """A detector that returns prepared raw scores, one per window."""
+
+    def __init__(self, name: str, scores: np.ndarray) -> None:
+        super().__init__(name)
+        self.scores = iter(scores.tolist())
+
+    def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
+        return [Verdict(next(self.scores), False, []) for _ in batch]
 
 
 def _run(config: CalibrationConfig, a: np.ndarray, b: np.ndarray) -> list:
@@ -76,30 +83,16 @@ def test_noise_in_a_second_detector_outranks_an_onset_the_first_one_sees_less_of
     assert ranks["tippett"] * 3 < ranks["fisher"]
 
 
-class _FeatureDetector:
+class _FeatureDetector(_Stateless):
     """Raw score = the window's feature named like the detector; warming while ``warm`` is set.
 
     The same class recorded ``tests/data/ensemble_v1_snapshot.pickle``."""
-
-    threshold = 1.0
-
-    def __init__(self, name: str) -> None:
-        self.name, self.version = name, name
 
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         return [
             Verdict(w.features[self.name], False, [], bool(w.features.get("warm")))
             for _, w in batch
         ]
-
-    def snapshot(self) -> bytes:
-        return b""
-
-    def restore(self, state: bytes) -> None:
-        pass
-
-    def forget(self, sensor_id: str) -> None:
-        pass
 
 
 def _windows(batch: list) -> list[tuple[str, ClosedWindow]]:

@@ -6,19 +6,11 @@ import pickle
 
 import numpy as np
 import pytest
+from detectorkit import DAY, HOP_MS
+from detectorkit import window as _window
 
 from detectors.novelty import ValueNovelty
 from flows.windows import ClosedWindow
-
-HOP_MS = 300_000  # 5 min, as most NAB files
-DAY = 288  # hops per day
-
-
-def _window(i: int, values: dict[str, float]) -> ClosedWindow:
-    end = (i + 1) * HOP_MS
-    feats = {f"{m}.last": v for m, v in values.items()}
-    feats |= {f"{m}.mean": v for m, v in values.items()}
-    return ClosedWindow(end - 10 * HOP_MS, end, feats, 10)
 
 
 def _feed(det: ValueNovelty, sid: str, start: int, values: list[dict[str, float]]) -> list:
