@@ -67,6 +67,7 @@ from bench.throughput import (
     versions,
 )
 from flows.cli import positive_float, positive_int
+from flows.produce import produce
 from flows.schemas import encoder
 from flows.settings import Settings, SettingsError, parse_duration
 from flows.simulator import Fleet
@@ -171,7 +172,7 @@ def _produce_step(producer: Any, topic: str, fleet: Fleet, first_tick: int, rate
     s = fleet.sensors
     index = {sid: k for k, sid in enumerate(fleet.sensor_ids)}
     wall_per_tick = s / rate
-    produce, poll, encode = producer.produce, producer.poll, encoder.encode
+    encode = encoder.encode
     t0 = time.perf_counter()
     i = first_tick
     n = 0
@@ -186,14 +187,9 @@ def _produce_step(producer: Any, topic: str, fleet: Fleet, first_tick: int, rate
         sent = np.full(s, np.nan)
         start = time.time()
         for r in readings:
-            while True:
-                try:
-                    produce(topic, encode(r), r.sensor_id.encode())
-                    break
-                except BufferError:
-                    poll(0.01)
+            produce(producer, topic, encode(r), r.sensor_id.encode(), wait_s=0.01)
         stop = time.time()
-        poll(0)
+        producer.poll(0)
         idx = np.array([index[r.sensor_id] for r in readings], dtype=np.int64)
         sent[idx] = np.linspace(start, stop, num=len(readings)) if len(readings) else []
         log.tick_ms.append(round(fleet.tick_time(i).timestamp() * 1000))
@@ -284,12 +280,7 @@ def broker_hop(broker: TestBroker | ExternalBroker, kafka: dict[str, str], rate:
         if delay > 0:
             time.sleep(delay)
         for _ in range(burst):
-            while True:
-                try:
-                    producer.produce(topic, _STAMP.pack(time.time()) + pad)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            produce(producer, topic, _STAMP.pack(time.time()) + pad, wait_s=0.01)
         producer.poll(0)
     producer.flush(30)
     consumer.join(60)

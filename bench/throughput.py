@@ -69,6 +69,7 @@ import msgspec
 
 from bench.broker import ExternalBroker, TestBroker, free_port, read_all
 from flows.cli import positive_duration_text, positive_float, positive_int
+from flows.produce import produce
 from flows.schemas import encoder
 from flows.settings import Settings, SettingsError, parse_brokers, parse_duration
 from flows.simulator import DEFAULT_METRICS, DEFAULT_START, Fleet
@@ -281,7 +282,7 @@ def preload(
         if err is not None:
             failed[0] += 1
 
-    produce, poll, encode = producer.produce, producer.poll, encoder.encode
+    encode = encoder.encode
     sent, tick = 0, 0
     t0 = time.perf_counter()
     with tqdm(total=n, unit="reading", unit_scale=True, desc="produce", disable=not progress,
@@ -289,14 +290,8 @@ def preload(
         while sent < n:
             readings = fleet.tick(tick)[: n - sent]
             for r in readings:
-                value, key = encode(r), r.sensor_id.encode()
-                while True:
-                    try:
-                        produce(topic, value, key, on_delivery=delivered)
-                        break
-                    except BufferError:  # local queue full: let librdkafka drain, retry
-                        poll(0.05)
-            poll(0)
+                produce(producer, topic, encode(r), r.sensor_id.encode(), delivered)
+            producer.poll(0)
             sent += len(readings)
             tick += 1
             bar.update(len(readings))

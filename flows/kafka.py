@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 
 from flows import metrics
 from flows.decode import RawBatch
+from flows.produce import produce
 from flows.settings import Settings
 
 log = logging.getLogger("vigil.kafka")
@@ -199,15 +200,10 @@ class _ProducerPartition(StatefulSinkPartition[KeyValue, None]):
             self._errors.append(str(err))
 
     def write_batch(self, values: list[KeyValue]) -> None:
-        produce = self._producer.produce
+        producer, topic, delivered = self._producer, self._topic, self._on_delivery
         for key, value in values:
-            while True:
-                try:
-                    produce(self._topic, value, key, on_delivery=self._on_delivery)
-                    break
-                except BufferError:  # local queue full: let librdkafka drain, then retry
-                    self._producer.poll(0.05)
-        self._producer.poll(0)
+            produce(producer, topic, value, key, delivered)
+        producer.poll(0)
 
     def snapshot(self) -> None:
         # Block the epoch until the broker has every record written so far.

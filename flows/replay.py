@@ -41,6 +41,7 @@ from confluent_kafka import KafkaException, Producer
 from tqdm import tqdm
 
 from flows.cli import non_negative_float, positive_int, utc_time
+from flows.produce import produce as produce_one
 from flows.schemas import Reading, encoder
 from flows.settings import Settings, SettingsError, parse_brokers
 
@@ -519,12 +520,7 @@ def produce(
             assert isinstance(ts, datetime)
             pacer.pace(ts, producer.poll)
             value = encode_reading(reading)
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=reading.sensor_id, on_delivery=reports)
-                    break
-                except BufferError:  # local queue full: let librdkafka send, then retry
-                    producer.poll(0.05)
+            produce_one(producer, topic, value, reading.sensor_id, reports)
             producer.poll(0)
             if result.first_ts is None:
                 result.first_ts = ts

@@ -46,6 +46,7 @@ import msgspec
 import numpy as np
 
 from flows.cli import non_negative_float, non_negative_int, positive_duration, utc_time
+from flows.produce import produce
 from flows.schemas import Reading, encoder
 from flows.settings import Settings, SettingsError, parse_brokers
 
@@ -507,19 +508,13 @@ class _KafkaSink:
 
     def send(self, readings: Sequence[Reading]) -> None:
         """Produce ``readings`` in small paced chunks, waiting out a full local queue."""
-        produce, poll, topic = self.producer.produce, self.producer.poll, self.topic
+        producer, topic = self.producer, self.topic
         for lo in range(0, len(readings), self.chunk):
             self._pace()
             for r in readings[lo : lo + self.chunk]:
-                value, key = encoder.encode(r), r.sensor_id.encode()
-                while True:
-                    try:
-                        produce(topic, value=value, key=key, on_delivery=self._delivered)
-                        break
-                    except BufferError:  # local queue full: serve callbacks, then retry
-                        poll(0.05)
+                produce(producer, topic, encoder.encode(r), r.sensor_id.encode(), self._delivered)
             self.sent += min(self.chunk, len(readings) - lo)
-            poll(0)
+            producer.poll(0)
 
     def close(self, timeout: float = 30.0) -> int:
         """Flush; return how many messages were not delivered (failed or still queued)."""
