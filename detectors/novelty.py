@@ -93,7 +93,7 @@ import pickle
 import numpy as np
 
 from detectors._rows import FeatureSets, TableSpec
-from detectors.base import Verdict, by_feature_set, gather, last_values
+from detectors.base import Verdict, by_feature_set, gather, last_values, rounded
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -207,7 +207,7 @@ class ValueNovelty:
         order = np.argsort(-novelty, axis=1, kind="stable")[:, :3].tolist()
         metrics = [k[: -len(".last")] for k in keys]
         score = novelty.max(axis=1).tolist()
-        weight = np.round(novelty, 3).tolist()  # contributor weights (numpy: no per-item round)
+        weight = rounded(novelty, 3).tolist()  # contributor weights
         for j, i in enumerate(members):
             if warming[j]:
                 verdicts[i] = Verdict(0.0, False, [], warming_up=True)
