@@ -238,3 +238,24 @@ def test_tippett_is_the_most_confident_detector_corrected_for_how_many_looked() 
     assert combine(both, "tippett")[0] < combine(one, "tippett")[0]
     assert combine(both)[0] > combine(one)[0]
     assert combine([[np.nan], [np.nan]], "tippett")[0] == 0.0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_scores_in_the_body_of_the_history_skip_the_tail_fit_with_bit_identical_likelihoods(
+    dtype: str,
+) -> None:
+    """score() ranks ordinary scores by counting alone; it must give exactly what the full
+    quantile-and-tail path (update() takes it for every score) gives, with ties, spikes,
+    histories still filling and full rings alike."""
+    rng = np.random.default_rng(11)
+    ids = [f"s{i}" for i in range(6)]
+    fast = Calibrator(history=60, warmup=10, dtype=dtype)
+    full = Calibrator(history=60, warmup=10, dtype=dtype)
+    for step in range(200):
+        raw = np.round(rng.gamma(2.0, 1.0, 6), 1)  # rounded: many exact ties
+        raw[rng.random(6) < 0.05] *= 50.0  # and spikes into the Pareto tail
+        got = fast.score(ids, raw)
+        fast.learn(ids, raw)
+        want = full.update(ids, raw)
+        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+    assert (want > 0.0).any()
