@@ -27,11 +27,27 @@ def shard_of(sensor_id: str, shards: int) -> str:
     return f"{zlib.crc32(sensor_id.encode()) % shards:04d}"
 
 
+_SHARD_MEMO_LIMIT = 1 << 20  # sensor ids remembered per shard count before starting over
+_shard_memo: dict[int, dict[str, str]] = {}
+
+
 def group_by_shard(readings: Iterable[Reading], shards: int) -> list[tuple[str, list[Reading]]]:
-    """Split a batch into per-shard sub-batches, keeping arrival order within each."""
+    """Split a batch into per-shard sub-batches, keeping arrival order within each.
+
+    Each sensor's shard key is remembered (a dict lookup instead of encoding, hashing and
+    formatting the id for every reading); the memo starts over past ~1M ids, so a stream of
+    ever-new ids cannot grow it without bound.
+    """
+    memo = _shard_memo.setdefault(shards, {})
+    if len(memo) > _SHARD_MEMO_LIMIT:
+        memo.clear()
+    known = memo.get
     groups: dict[str, list[Reading]] = {}
     for r in readings:
-        key = shard_of(r.sensor_id, shards)
+        sid = r.sensor_id
+        key = known(sid)
+        if key is None:
+            key = memo[sid] = shard_of(sid, shards)
         g = groups.get(key)
         if g is None:
             groups[key] = [r]

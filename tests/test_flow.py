@@ -127,3 +127,25 @@ def test_a_recovery_store_from_another_shard_count_is_refused_with_a_clear_messa
     assert untag_state(b"untagged, from before", 8) == b"untagged, from before"
     with pytest.raises(ShardCountMismatch):
         untag_state(tag_state(b"x", 16), 8)
+
+
+def test_readings_are_grouped_by_their_stable_shard_in_arrival_order_also_past_the_memo_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """group_by_shard remembers shard keys; the groups must equal crc32 placement, and a
+    memo that starts over (ever-new sensor ids) must not change them."""
+    from datetime import UTC, datetime
+
+    from flows import stages
+
+    ts = datetime(2024, 1, 1, tzinfo=UTC)
+    readings = [Reading(sensor_id=f"s{i % 37}", ts=ts, values={"x": float(i)}) for i in range(200)]
+    want: dict[str, list[Reading]] = {}
+    for r in readings:
+        want.setdefault(stages.shard_of(r.sensor_id, 8), []).append(r)
+    assert dict(stages.group_by_shard(readings, 8)) == want
+    monkeypatch.setattr(stages, "_SHARD_MEMO_LIMIT", 5)
+    for _ in range(3):
+        assert dict(stages.group_by_shard(readings, 8)) == want
+    assert len(stages._shard_memo[8]) <= 37
+    assert dict(stages.group_by_shard(readings, 3)) != want  # another count, other groups
