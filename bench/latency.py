@@ -389,6 +389,7 @@ def _flow_overrides(args: argparse.Namespace) -> dict[str, str]:
             ("VIGIL_STATE_SHARDS", args.shards),
             ("VIGIL_PRODUCER_LINGER_MS", args.linger_ms),
             ("VIGIL_FETCH_WAIT_MAX_MS", args.fetch_wait_ms),
+            ("VIGIL_WINDOW_STAGGER", args.stagger),
         ) if value is not None
     }
 
@@ -485,6 +486,7 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
             "detectors": args.detectors or settings.detectors,
             "window": str(settings.window_length), "hop": str(settings.window_hop),
             "allowed_lateness": str(settings.allowed_lateness),
+            "window_stagger": str(settings.window_stagger),
             "fetch_wait_max_ms": settings.fetch_wait_max_ms,
             "consumer_poll_ms": settings.consumer_poll_ms,
             "state_shards": settings.state_shards,
@@ -591,6 +593,9 @@ def parser() -> argparse.ArgumentParser:
                         "own)")
     p.add_argument("--fetch-wait-ms", type=int, metavar="MS",
                    help="VIGIL_FETCH_WAIT_MAX_MS for the flow's consumer (default: its own)")
+    p.add_argument("--stagger", metavar="DURATION",
+                   help="VIGIL_WINDOW_STAGGER for the flow, e.g. 10s: spread the sensors' window "
+                        "closings over the hop (default: its own, 0 = aligned)")
     p.add_argument("--hop-seconds", type=float, default=5.0, metavar="S",
                    help="after the flow's steps, time one broker hop with no flow for S seconds "
                         "per rate, for comparison (default 5; 0 skips it)")

@@ -247,6 +247,7 @@ def build_flow(
         length_ms=round(settings.window_length.total_seconds() * 1000),
         hop_ms=round(settings.window_hop.total_seconds() * 1000),
         lateness_ms=round(settings.allowed_lateness.total_seconds() * 1000),
+        stagger_ms=round(settings.window_stagger.total_seconds() * 1000),
     )
     decoder = BatchDecoder(
         settings.max_record_bytes, round(settings.max_future.total_seconds() * 1000)

@@ -136,6 +136,14 @@ class Settings:
         "Older readings go to the dead-letter topic with reason `late`.",
         default=timedelta(minutes=1),
     )
+    window_stagger: timedelta = _doc(
+        "0 aligns every sensor's windows to the hop. A step such as 10s shifts each sensor's "
+        "window grid by a whole number of steps below one hop (fixed per sensor id), so a "
+        "fleet reporting in step closes its windows spread over the hop instead of all at "
+        "once: lower p99 latency, same features. Must divide the hop; changing it needs a "
+        "fresh recovery store.",
+        default=timedelta(0),
+    )
     max_future: timedelta = _doc(
         "Readings stamped further than this ahead of the wall clock are dead-lettered.",
         default=timedelta(minutes=5),
@@ -435,6 +443,16 @@ class Settings:
                 )
             elif round(ratio) > 1000:
                 p.append("VIGIL_WINDOW_LENGTH / VIGIL_WINDOW_HOP must be at most 1000 panes")
+        if self.window_stagger < timedelta(0):
+            p.append(f"VIGIL_WINDOW_STAGGER must not be negative, got {_show(self.window_stagger)}")
+        elif self.window_stagger > timedelta(0) and self.window_hop > timedelta(0):
+            steps = self.window_hop / self.window_stagger
+            if abs(steps - round(steps)) > 1e-9 or self.window_stagger % timedelta(milliseconds=1):
+                p.append(
+                    f"VIGIL_WINDOW_STAGGER ({_show(self.window_stagger)}) must divide "
+                    f"VIGIL_WINDOW_HOP ({_show(self.window_hop)}) into whole steps of whole "
+                    "milliseconds"
+                )
         if self.allowed_lateness < timedelta(0):
             p.append(
                 f"VIGIL_ALLOWED_LATENESS must not be negative, got {_show(self.allowed_lateness)}"

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,7 +93,7 @@ _IDENT = np.array([0, 0, 0, 0, 0, 0, math.inf, -math.inf, -math.inf, 0], dtype=n
 _NONE = -(2**62)  # "no reading yet" / "empty ring slot"; far below any real ms or pane
 _SAFE = 2**62  # combined integer sort keys must stay below this
 _count = np.count_nonzero  # C speed; ndarray.any()/all() go through Python wrappers
-_FORMAT = 2  # snapshot layout version
+_FORMAT = 3  # snapshot layout version (3 adds the stagger; 2 was always unstaggered)
 # pane statistics a reading's metrics share (count and time sums), and the per-metric rest
 _TIMES = [_N, _ST, _STT, _LT]
 _VALUES = [_SV, _SVV, _STV, _MIN, _MAX, _LV]
@@ -103,17 +104,40 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True, slots=True)
 class WindowSpec:
-    """Window geometry in integer milliseconds, derived once from settings."""
+    """Window geometry in integer milliseconds, derived once from settings.
+
+    ``stagger_ms`` > 0 shifts each sensor's window grid by a whole number of staggers below
+    one hop, fixed per sensor id (see ``offset_of``), so a fleet whose sensors report in
+    step does not close every window in the same instant; 0 aligns every sensor's windows to
+    multiples of the hop.
+    """
 
     length_ms: int
     hop_ms: int
     lateness_ms: int
+    stagger_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.hop_ms <= 0 or self.length_ms <= 0 or self.length_ms % self.hop_ms:
             raise ValueError("window length must be a positive whole multiple of the hop")
         if self.lateness_ms < 0:
             raise ValueError("allowed lateness must not be negative")
+        if self.stagger_ms < 0 or (self.stagger_ms and self.hop_ms % self.stagger_ms):
+            raise ValueError(
+                "window stagger must be 0 or divide the hop into whole steps "
+                f"(hop {self.hop_ms} ms, stagger {self.stagger_ms} ms)"
+            )
+
+    def offset_of(self, sensor_id: str) -> int:
+        """Where this sensor's windows start relative to the hop grid, in ms (0 unstaggered).
+
+        One of ``hop / stagger`` steps, from a stable hash of the id (salted, so it does
+        not follow the shard a sensor is placed in).
+        """
+        if not self.stagger_ms:
+            return 0
+        steps = self.hop_ms // self.stagger_ms
+        return zlib.crc32(b"vigil-stagger:" + sensor_id.encode()) % steps * self.stagger_ms
 
     @property
     def panes(self) -> int:
@@ -261,6 +285,9 @@ class WindowStore:
         self._max_ts: I64 = np.full(cap, _NONE, np.int64)
         self._next_close: I64 = np.zeros(cap, np.int64)
         self._first_pane: I64 = np.zeros(cap, np.int64)
+        # per slot: the sensor's grid offset (spec.offset_of); times inside the store are
+        # kept relative to it, so panes and windows are computed exactly as unstaggered
+        self._offset: I64 = np.zeros(cap, np.int64)
         self._pane: I64 = np.full((cap, r), _NONE, np.int64)
         self._count: I64 = np.zeros((cap, r), np.int64)
         ccap = 64
@@ -284,9 +311,11 @@ class WindowStore:
                 self._max_ts = _grow(self._max_ts, size, _NONE)
                 self._next_close = _grow(self._next_close, size, 0)
                 self._first_pane = _grow(self._first_pane, size, 0)
+                self._offset = _grow(self._offset, size, 0)
                 self._pane = _grow(self._pane, size, _NONE)
                 self._count = _grow(self._count, size, 0)
             self._n_sensors += 1
+            self._offset[slot] = self.spec.offset_of(sid)
             self._sids.append(sid)
             self._metric_cell.append({})
             self._flat_names.append(())
@@ -396,6 +425,8 @@ class WindowStore:
 
     def _ingest(self, slot: I64, ts: I64, lens: I64, cell: I64, val: F64) -> BatchResult:
         spec = self.spec
+        if spec.stagger_ms:
+            ts = ts - self._offset[slot]  # onto the sensor's own grid
         hop, lateness, k, ring = spec.hop_ms, spec.lateness_ms, self._k, self._ring
         n = len(slot)
         prev, once = self._running_max(slot, ts)  # sensor's newest ms before each reading
@@ -451,7 +482,8 @@ class WindowStore:
         if not n_late:
             return BatchResult(windows, [], n)
         late_at = late.nonzero()[0]
-        late_list = list(zip(late_at.tolist(), prev[late_at].tolist(), strict=True))
+        newest_ms = prev[late_at] + self._offset[slot[late_at]]  # back to event time
+        late_list = list(zip(late_at.tolist(), newest_ms.tolist(), strict=True))
         return BatchResult(windows, late_list, n - n_late)
 
     def _running_max(self, slot: I64, ts: I64) -> tuple[I64, bool]:
@@ -647,6 +679,7 @@ class WindowStore:
         sids, names, metrics = self._sids, self._flat_names, self._metrics
         cell_metric = self._cell_metric
         slot_l, end_l, read_l = w_slot.tolist(), w_end.tolist(), w_read.tolist()
+        off_l = self._offset[w_slot].tolist()
         row_l, full_l = first_row.tolist(), full.tolist()
         out: list[tuple[str, ClosedWindow]] = []
         append = out.append
@@ -666,8 +699,8 @@ class WindowStore:
                             _names(metrics[cell_metric[cell[row]]]), flat[row * 7 : row * 7 + 7],
                             strict=True,
                         ))
-            e = end_l[w]
-            append((sids[s], ClosedWindow((e - k) * hop, e * hop, features, read_l[w])))
+            e, o = end_l[w], off_l[w]
+            append((sids[s], ClosedWindow((e - k) * hop + o, e * hop + o, features, read_l[w])))
         return out
 
     def flush(self) -> list[tuple[str, ClosedWindow]]:
@@ -729,7 +762,8 @@ class WindowStore:
         )
         # raw bytes plus a dtype letter: a pickled ndarray costs ~150 bytes of framing each
         packed = tuple((a.dtype.char, np.ascontiguousarray(a).tobytes()) for a in arrays)
-        state = (_FORMAT, self.spec.hop_ms, k, self._sids, self._metrics, packed)
+        state = (_FORMAT, self.spec.hop_ms, k, self._sids, self._metrics, packed,
+                 self.spec.stagger_ms)
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
@@ -738,9 +772,16 @@ class WindowStore:
         state = pickle.loads(blob)
         if isinstance(state, dict):
             return cls._from_sensor_windows(spec, state)
-        fmt, hop, k, sids, metrics, packed = state
-        if fmt != _FORMAT or (hop, k) != (spec.hop_ms, spec.panes):
+        fmt, hop, k, sids, metrics, packed, *rest = state
+        stagger = rest[0] if fmt >= 3 else 0
+        if fmt not in (2, _FORMAT) or (hop, k) != (spec.hop_ms, spec.panes):
             raise ValueError("window state was saved for another window geometry")
+        if stagger != spec.stagger_ms:
+            raise ValueError(
+                f"window state was saved with VIGIL_WINDOW_STAGGER={stagger} ms, this flow "
+                f"runs with {spec.stagger_ms} ms: set it back, or start from a fresh recovery "
+                "store (each sensor's windows would move)"
+            )
         (
             max_ts, nc, first_pane, owner, cell_metric, ref, p_per, p_rel, p_count, sh_n,
             sh_lt, sh_t, c_per, c_rel, values, odd, odd_n, odd_lt, odd_t,
@@ -756,6 +797,10 @@ class WindowStore:
         w._max_ts = _grow(max_ts.astype(np.int64), cap, _NONE)
         w._next_close = _grow(nc.astype(np.int64), cap, 0)
         w._first_pane = _grow(first_pane.astype(np.int64), cap, 0)
+        if spec.stagger_ms:
+            w._offset = _grow(np.array([spec.offset_of(s) for s in sids], np.int64), cap, 0)
+        else:
+            w._offset = np.zeros(cap, np.int64)
         low = w._next_close[:n] + 1 - k
         ps = np.arange(n).repeat(p_per)
         pane = low[ps] + p_rel
@@ -800,7 +845,13 @@ class WindowStore:
         That format was ``{sensor_id: (newest ms, next_close, first pane, metrics, reference
         values, ((pane, readings, float64 bytes: 10 stats per metric, zeros if absent), ...))}``
         with the same statistics, so a flow upgraded in place resumes with identical windows.
+        Those stores were never staggered.
         """
+        if spec.stagger_ms:
+            raise ValueError(
+                "window state was saved before VIGIL_WINDOW_STAGGER existed (unstaggered): "
+                "set it to 0, or start from a fresh recovery store"
+            )
         w = cls(spec)
         k, ring = w._k, w._ring
         for sid, (max_ts, next_close, first_pane, metrics, refs, panes) in state.items():

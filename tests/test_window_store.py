@@ -313,3 +313,62 @@ def test_a_recovery_store_of_per_sensor_objects_resumes_with_identical_windows()
 
 def _flat(w: ClosedWindow) -> tuple[int, int, int, dict[str, float]]:
     return w.start_ms, w.end_ms, w.readings, w.features
+
+
+def _staggered(spec: WindowSpec, rng: random.Random) -> WindowSpec:
+    return WindowSpec(spec.length_ms, spec.hop_ms, spec.lateness_ms,
+                      spec.hop_ms // rng.choice([2, 4, 5, 10]))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_staggered_windows_are_each_sensors_aligned_windows_moved_by_its_fixed_offset(seed):
+    """A staggered store on a stream gives, bit for bit, what an aligned store gives on the
+    same stream with each sensor's times moved back by its offset, moved forward again: the
+    same windows, late decisions and features, only on the sensor's own grid."""
+    rng = random.Random(5000 + seed)
+    aligned = _spec(rng)
+    spec = _staggered(aligned, rng)
+    batches = _stream(rng, aligned)
+    offset = {r.sensor_id: spec.offset_of(r.sensor_id) for b in batches for r in b}
+    assert all(0 <= o < spec.hop_ms and o % spec.stagger_ms == 0 for o in offset.values())
+    store, plain = WindowStore(spec), WindowStore(aligned)
+    cut = rng.randrange(len(batches))
+
+    def moved(windows: list) -> list[Window]:
+        return [(s, a + offset[s], b + offset[s], n, f) for s, a, b, n, f in _as_tuples(windows)]
+
+    for i, batch in enumerate(batches):
+        if i == cut:  # recovery keeps the offsets
+            store = WindowStore.restore(spec, store.snapshot())
+        got = store.process([batch])
+        want = plain.process([
+            [Row(r.sensor_id, r.ts_ms - offset[r.sensor_id], r.values) for r in batch]
+        ])
+        shifted_late = [(i, t + offset[batch[i].sensor_id]) for i, t in want.late]
+        assert got.late == shifted_late  # the newest ms in the message is event time
+        assert _as_tuples(got.windows) == moved(want.windows)
+    assert _as_tuples(store.flush()) == moved(plain.flush())
+
+
+def test_stagger_spreads_a_fleets_window_closings_over_the_hop():
+    spec = WindowSpec(300_000, 60_000, 0, stagger_ms=10_000)
+    offsets = [spec.offset_of(f"sensor-{i}") for i in range(6_000)]
+    counts = np.bincount(np.array(offsets) // 10_000, minlength=6)
+    assert len(counts) == 6 and counts.min() > 850  # ~1,000 per step of the hop
+    store = WindowStore(spec)
+    ends: set[int] = set()
+    for tick in range(40):  # every sensor reports in step every 10 s
+        batch = [Row(f"sensor-{i}", T0 + tick * 10_000, {"x": 1.0}) for i in range(600)]
+        ends |= {w.end_ms % 60_000 for _, w in store.process([batch]).windows}
+    assert ends == set(range(0, 60_000, 10_000))  # every step of the hop, not one instant
+
+
+def test_a_store_saved_with_another_stagger_is_refused_with_the_setting_to_change():
+    aligned = WindowSpec(60_000, 10_000, 0)
+    staggered = WindowSpec(60_000, 10_000, 0, stagger_ms=5_000)
+    store = WindowStore(aligned)
+    store.process([[Row("s1", T0, {"x": 1.0})]])
+    with pytest.raises(ValueError, match="VIGIL_WINDOW_STAGGER=0 ms, this flow runs with 5000"):
+        WindowStore.restore(staggered, store.snapshot())
+    with pytest.raises(ValueError, match="divide the hop"):
+        WindowSpec(60_000, 10_000, 0, stagger_ms=3_000)
