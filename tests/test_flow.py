@@ -149,3 +149,24 @@ def test_readings_are_grouped_by_their_stable_shard_in_arrival_order_also_past_t
         assert dict(stages.group_by_shard(readings, 8)) == want
     assert len(stages._shard_memo[8]) <= 37
     assert dict(stages.group_by_shard(readings, 3)) != want  # another count, other groups
+
+
+def test_loading_the_flow_freezes_the_start_up_heap_so_full_collections_do_not_walk_it():
+    """python -m bytewax.run flows.detect imports flows.detect; after that import the ~100k
+    start-up objects (modules, models) must be frozen, leaving gen-2 collections short."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import gc, time; import flows.detect; "
+        "t = time.perf_counter(); gc.collect(); "
+        "print(gc.get_freeze_count(), round((time.perf_counter() - t) * 1000, 1))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "VIGIL_METRICS_PORT": "0", "VIGIL_LOG_LEVEL": "WARNING"}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True, cwd=root).stdout.split()
+    frozen, collect_ms = int(out[0]), float(out[1])
+    assert frozen > 50_000
+    assert collect_ms < 20.0  # ~55 ms with the start-up heap in sight
