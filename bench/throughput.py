@@ -194,6 +194,7 @@ class _Config:
     recovery: bool
     snapshot_interval: float
     flow_prefix: list[str] = field(default_factory=list)
+    instances: int = 1
     log_dir: Path | None = None
     timeout: float = 900.0
     progress: bool = True
@@ -358,7 +359,9 @@ def topic_env(bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
 
 
 # --- one flow run ----------------------------------------------------------------------------
-def flow_env(cfg: _Config, topics: dict[str, str], metrics_port: int) -> dict[str, str]:
+def flow_env(
+    cfg: _Config, topics: dict[str, str], metrics_port: int, instance: int = 0
+) -> dict[str, str]:
     """The flow's environment: the parent's minus VIGIL_* (bar credentials), plus this run's."""
     env = base_flow_env()
     env.update(topic_env(cfg.bootstrap, {**topics, "readings": cfg.readings_topic}))
@@ -369,6 +372,9 @@ def flow_env(cfg: _Config, topics: dict[str, str], metrics_port: int) -> dict[st
         "VIGIL_METRICS_PORT": str(metrics_port),
         "PYTHONUNBUFFERED": "1",
     })
+    if cfg.instances > 1:
+        env["VIGIL_INSTANCES"] = str(cfg.instances)
+        env["VIGIL_INSTANCE"] = str(instance)
     if cfg.batch_size is not None:
         env["VIGIL_CONSUMER_BATCH_SIZE"] = str(cfg.batch_size)
     if cfg.shards is not None:
@@ -378,13 +384,22 @@ def flow_env(cfg: _Config, topics: dict[str, str], metrics_port: int) -> dict[st
     return env
 
 
-def flow_commands(cfg: _Config, recovery_dir: Path | None) -> list[list[str]]:
-    """One ``bytewax.run`` command line per process (``-i``/``-a`` when more than one)."""
+def flow_commands(cfg: _Config, recovery_dirs: list[Path] | None) -> list[list[str]]:
+    """One ``bytewax.run`` command line per process: ``-i``/``-a`` when a Bytewax cluster of
+    several processes, or one independent flow per instance (``VIGIL_INSTANCES``), each with
+    its own recovery store (``recovery_dirs``, one per instance)."""
     base = [*cfg.flow_prefix, sys.executable, "-m", "bytewax.run", "flows.detect"]
     if cfg.workers > 1:
         base += ["-w", str(cfg.workers)]
-    if recovery_dir is not None:
-        base += ["-r", str(recovery_dir), "-s", f"{cfg.snapshot_interval:g}", "-b", "0"]
+
+    def recovery(i: int) -> list[str]:
+        if recovery_dirs is None:
+            return []
+        return ["-r", str(recovery_dirs[i]), "-s", f"{cfg.snapshot_interval:g}", "-b", "0"]
+
+    if cfg.instances > 1:
+        return [[*base, *recovery(i)] for i in range(cfg.instances)]
+    base += recovery(0)
     if cfg.processes == 1:
         return [base]
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(cfg.processes))
@@ -495,14 +510,15 @@ def run_flow(
 
     topics = broker.unique_topics(f"bench-run{run}", {"alerts": 1, "scores": 1, "dead": 1})
     tmp = Path(tempfile.mkdtemp(prefix=f"vigil-bench-run{run}-"))
-    recovery_dir: Path | None = None
+    recovery_dirs: list[Path] | None = None
     if cfg.recovery:
-        recovery_dir = tmp / "recovery"
-        recovery_dir.mkdir()
-        subprocess.run(
-            [sys.executable, "-m", "bytewax.recovery", str(recovery_dir), "1"],
-            check=True, cwd=ROOT, capture_output=True,
-        )
+        recovery_dirs = [tmp / f"recovery{i}" for i in range(cfg.instances)]
+        for d in recovery_dirs:
+            d.mkdir()
+            subprocess.run(
+                [sys.executable, "-m", "bytewax.recovery", str(d), "1"],
+                check=True, cwd=ROOT, capture_output=True,
+            )
     log_dir = cfg.log_dir or tmp
     log_dir.mkdir(parents=True, exist_ok=True)
     tag = "" if cfg.detectors is None else "-" + re.sub(r"[^a-z0-9_]+", "-", cfg.detectors)
@@ -515,10 +531,10 @@ def run_flow(
     ok = False
     try:
         with log_path.open("ab") as log:
-            for cmd in flow_commands(cfg, recovery_dir):
+            for i, cmd in enumerate(flow_commands(cfg, recovery_dirs)):
                 port = free_port()
                 procs.append(_Proc(
-                    subprocess.Popen(cmd, env=flow_env(cfg, topics, port), cwd=ROOT,
+                    subprocess.Popen(cmd, env=flow_env(cfg, topics, port, i), cwd=ROOT,
                                      stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT),
                     port,
@@ -766,6 +782,10 @@ def parser() -> argparse.ArgumentParser:
                    help="Bytewax workers per process, `-w` (default 1)")
     f.add_argument("--processes", type=positive_int, default=1,
                    help="flow processes, started with `-i`/`-a` on free local ports (default 1)")
+    f.add_argument("--instances", type=positive_int, default=1, metavar="N",
+                   help="independent flow processes, each reading its share of the partitions "
+                        "(VIGIL_INSTANCES / VIGIL_INSTANCE; no exchange between them) and with "
+                        "its own recovery store (default 1; needs --partitions >= N)")
     f.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="VIGIL_CONSUMER_BATCH_SIZE (default: the flow's own, 5000)")
     f.add_argument("--shards", type=positive_int, metavar="N", action="append",
@@ -827,6 +847,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (parse_duration(args.window) / parse_duration(args.hop)) % 1:
         p.error("--window must be a whole multiple of --hop")
+    if args.instances > 1 and args.processes > 1:
+        p.error("--instances (independent flows) and --processes (one Bytewax cluster) "
+                "are two ways to run several processes: choose one")
+    if args.instances > args.partitions:
+        p.error(f"--instances {args.instances} needs at least as many --partitions "
+                f"(got {args.partitions}): each instance reads its own")
     try:
         brokers, kafka = broker_config(args.brokers)
     except (ValueError, SettingsError) as exc:
@@ -855,7 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bootstrap=broker.bootstrap, kafka=kafka, readings_topic=readings_topic,
             readings=produced.readings, window=args.window, hop=args.hop,
             workers=args.workers, processes=args.processes, batch_size=args.batch_size,
-            shards=None, recovery=args.recovery,
+            shards=None, recovery=args.recovery, instances=args.instances,
             snapshot_interval=args.snapshot_interval,
             flow_prefix=shlex.split(args.flow_prefix), log_dir=args.log_dir,
             timeout=args.timeout, progress=progress, poll_s=args.poll_interval,
@@ -889,8 +915,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metric_names": list(fleet.metrics), "seed": args.seed, "interval": args.interval,
         "anomaly_rate": args.anomaly_rate, "partitions": args.partitions,
         "window": args.window, "hop": args.hop, "workers": args.workers,
-        "processes": args.processes, "batch_size": args.batch_size,
-        "shards": variants[first][1],
+        "processes": args.processes, "instances": args.instances,
+        "batch_size": args.batch_size, "shards": variants[first][1],
         "recovery": args.recovery,
         "snapshot_interval": args.snapshot_interval if args.recovery else None,
         "flow_prefix": args.flow_prefix or None, "repeat": args.repeat,
@@ -907,7 +933,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     shown = ", ".join(f"{k}={v}" for k, v in config.items()
                       if k in ("readings", "sensors", "metrics", "partitions", "workers",
-                               "processes", "recovery", "snapshot_interval", "batch_size"))
+                               "processes", "instances", "recovery", "snapshot_interval",
+                               "batch_size"))
     print(f"\n{shown}\nproduce: {produced.readings_per_s:,.0f} readings/s\n")
     if len(variants) == 1:
         print(table(runs, median))

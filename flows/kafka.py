@@ -55,6 +55,20 @@ def list_partitions(settings: Settings, topic: str, timeout: float = 10.0) -> li
     return sorted(tmeta.partitions)
 
 
+def instance_partitions(settings: Settings, topic: str) -> list[int]:
+    """The partitions this instance reads: all of them, or with ``VIGIL_INSTANCES`` > 1 its
+    share (``p % instances == instance``), so independent processes split the topic."""
+    every = list_partitions(settings, topic)
+    n, i = settings.instances, settings.instance
+    mine = [p for p in every if p % n == i]
+    if not mine:
+        raise RuntimeError(
+            f"VIGIL_INSTANCE={i} of VIGIL_INSTANCES={n} has no partition to read: topic "
+            f"{topic!r} has {len(every)}; run at most {len(every)} instances, or add partitions"
+        )
+    return mine
+
+
 class _ReadingsPartition(StatefulSourcePartition[RawBatch, int]):
     def __init__(
         self, settings: Settings, topic: str, partition: int, resume_offset: int | None
@@ -170,7 +184,7 @@ class ReadingsSource(FixedPartitionedSource[RawBatch, int]):
 
     def list_parts(self) -> list[str]:
         topic = self._settings.readings_topic
-        return [f"{p}-{topic}" for p in list_partitions(self._settings, topic)]
+        return [f"{p}-{topic}" for p in instance_partitions(self._settings, topic)]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None

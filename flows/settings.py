@@ -152,6 +152,18 @@ class Settings:
         "Readings larger than this many bytes are dead-lettered without being parsed.",
         default=65536,
     )
+    instances: int = _doc(
+        "Independent flow processes that share the readings topic, each with its own recovery "
+        "store and metrics port. With more than 1, this process reads only the partitions p "
+        "with p % VIGIL_INSTANCES == VIGIL_INSTANCE, so no reading crosses between processes "
+        "(Bytewax's `-i/-a` cluster mode exchanges them instead). Needs readings keyed by "
+        "sensor_id, so each sensor stays in one partition; changing it needs fresh recovery "
+        "stores.",
+        default=1,
+    )
+    instance: int = _doc(
+        "This process's index among VIGIL_INSTANCES, from 0.", default=0,
+    )
     state_shards: int = _doc(
         "Per-sensor state is grouped into this many keyed shards (hash of sensor_id): the unit "
         "Bytewax spreads over workers. More shards than workers keeps work balanced; fewer, "
@@ -474,6 +486,13 @@ class Settings:
                      "consumer_poll_ms"):
             if getattr(self, name) < 0:
                 p.append(f"VIGIL_{name.upper()} must not be negative")
+        if self.instances < 1:
+            p.append("VIGIL_INSTANCES must be at least 1")
+        elif not 0 <= self.instance < self.instances:
+            p.append(
+                f"VIGIL_INSTANCE must be 0..{self.instances - 1} with VIGIL_INSTANCES="
+                f"{self.instances}, got {self.instance}"
+            )
         if not 0 <= self.metrics_port < 65536:
             p.append("VIGIL_METRICS_PORT must be a port number (0 turns metrics off)")
         if self.api_url and not re.match(r"^https?://[^/\s]+", self.api_url):

@@ -24,8 +24,8 @@ def test_help_lists_every_option() -> None:
     )
     assert out.returncode == 0, out.stderr
     for option in ("--readings", "--sensors", "--metrics", "--partitions", "--workers",
-                   "--processes", "--batch-size", "--recovery", "--snapshot-interval",
-                   "--repeat", "--brokers", "--json"):
+                   "--processes", "--instances", "--batch-size", "--recovery",
+                   "--snapshot-interval", "--repeat", "--brokers", "--json"):
         assert option in out.stdout
 
 
@@ -121,3 +121,53 @@ def test_variants_are_every_detector_and_shard_pair_labelled_by_what_varies() ->
     assert _variants(["a"], [8, 64]) == {"shards=8": ("a", 8), "shards=64": ("a", 64)}
     assert list(_variants(["a", "b"], [8, 64])) == [
         "a shards=8", "a shards=64", "b shards=8", "b shards=64"]
+
+
+@pytest.mark.integration
+def test_two_independent_instances_split_the_partitions_and_score_every_window_once(
+    broker, tmp_path
+) -> None:
+    """--instances 2: two flows, each reading only its partitions (VIGIL_INSTANCE), with
+    their own recovery stores. Every window is scored exactly once: if both read every
+    partition the scores would double, if one read none they would fall short."""
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", "--readings", "20000", "--sensors", "200",
+         "--partitions", "2", "--instances", "2", "--recovery", "--snapshot-interval", "2",
+         "--brokers", broker.bootstrap, "--json", str(out), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    (res,) = report["runs"]
+    cfg = report["config"]
+    assert cfg["instances"] == 2 and cfg["partitions"] == 2
+    assert (res["scores"], res["scored_readings"]) == (
+        cfg["expected_scores"], cfg["expected_scored_readings"]
+    )
+    assert res["consistent"] and res["dead_letters"] == 0
+
+
+@pytest.mark.integration
+def test_an_instance_left_without_partitions_says_how_many_instances_the_topic_allows(
+    broker,
+) -> None:
+    from flows.kafka import instance_partitions
+    from flows.settings import Settings
+
+    topic = broker.unique_topics("instances", {"readings": 1})["readings"]
+    env = {"VIGIL_BROKERS": broker.bootstrap, "VIGIL_INSTANCES": "2"}
+    first = Settings.from_env({**env, "VIGIL_INSTANCE": "0"})
+    assert instance_partitions(first, topic) == [0]
+    second = Settings.from_env({**env, "VIGIL_INSTANCE": "1"})
+    with pytest.raises(RuntimeError, match=r"no partition to read: topic .* has 1; run at most 1"):
+        instance_partitions(second, topic)
+
+
+def test_instance_settings_are_validated_with_the_range_allowed() -> None:
+    from flows.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match=r"VIGIL_INSTANCE must be 0..1 with VIGIL_INSTANCES=2"):
+        Settings.from_env({"VIGIL_INSTANCES": "2", "VIGIL_INSTANCE": "2"})
+    with pytest.raises(SettingsError, match="VIGIL_INSTANCES must be at least 1"):
+        Settings.from_env({"VIGIL_INSTANCES": "0"})
