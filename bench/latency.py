@@ -404,7 +404,7 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
     fleet = Fleet(args.sensors, metric_names(args.metrics), args.seed,
                   interval=parse_duration(args.interval), anomaly_rate=args.anomaly_rate)
     topics = broker.unique_topics("bench-latency", {
-        "readings": 1, "alerts": 1, "scores": 1, "dead": 1,
+        "readings": args.instances, "alerts": 1, "scores": 1, "dead": 1,
     })
     tmp = Path(tempfile.mkdtemp(prefix="vigil-latency-"))
     log_path = (args.log_dir or tmp) / "flow.log"
@@ -415,12 +415,17 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
     consumer = ctx.Process(target=_consume, args=(broker.bootstrap, kafka, topics, out_path,
                                                   stop, ready), daemon=True)
     consumer.start()
+    flows: list[subprocess.Popen] = []
     with open(log_path, "wb") as log:
-        flow = subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "flows.detect"],
-            env=_flow_env(broker.bootstrap, topics, args), cwd=ROOT, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        for i in range(args.instances):  # one flow, or one per instance and partition
+            env = _flow_env(broker.bootstrap, topics, args)
+            if args.instances > 1:
+                env.update({"VIGIL_INSTANCES": str(args.instances), "VIGIL_INSTANCE": str(i)})
+            flows.append(subprocess.Popen(
+                [sys.executable, "-m", "bytewax.run", "flows.detect"],
+                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ))
     produced = _Produced()
     steps: list[tuple[int, float, int]] = []
     catch_up: list[float] = []
@@ -428,9 +433,10 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
         if not ready.wait(30):
             raise RuntimeError("the output consumer did not start")
         time.sleep(args.settle)  # the flow connects and assigns its partition
-        if flow.poll() is not None:
-            raise RuntimeError(f"the flow exited at start (code {flow.returncode}); "
-                               f"see {log_path}")
+        for flow in flows:
+            if flow.poll() is not None:
+                raise RuntimeError(f"the flow exited at start (code {flow.returncode}); "
+                                   f"see {log_path}")
         producer = Producer({**kafka, "bootstrap.servers": broker.bootstrap, "linger.ms": 5,
                              "queue.buffering.max.messages": 1_000_000})
         tick = 0
@@ -458,8 +464,10 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
     finally:
         stop.set()
         consumer.join(60)
-        if flow.poll() is None:
-            os.killpg(flow.pid, signal.SIGTERM)
+        for flow in flows:
+            if flow.poll() is None:
+                os.killpg(flow.pid, signal.SIGTERM)
+        for flow in flows:
             try:
                 flow.wait(30)
             except subprocess.TimeoutExpired:
@@ -487,6 +495,7 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
             "window": str(settings.window_length), "hop": str(settings.window_hop),
             "allowed_lateness": str(settings.allowed_lateness),
             "window_stagger": str(settings.window_stagger),
+            "instances": args.instances,
             "fetch_wait_max_ms": settings.fetch_wait_max_ms,
             "consumer_poll_ms": settings.consumer_poll_ms,
             "state_shards": settings.state_shards,
@@ -593,6 +602,9 @@ def parser() -> argparse.ArgumentParser:
                         "own)")
     p.add_argument("--fetch-wait-ms", type=int, metavar="MS",
                    help="VIGIL_FETCH_WAIT_MAX_MS for the flow's consumer (default: its own)")
+    p.add_argument("--instances", type=positive_int, default=1, metavar="N",
+                   help="run N independent flows (VIGIL_INSTANCES), the readings topic with N "
+                        "partitions keyed by sensor (default 1)")
     p.add_argument("--stagger", metavar="DURATION",
                    help="VIGIL_WINDOW_STAGGER for the flow, e.g. 10s: spread the sensors' window "
                         "closings over the hop (default: its own, 0 = aligned)")

@@ -54,3 +54,25 @@ def test_a_short_latency_run_reports_percentiles_per_rate(broker, tmp_path) -> N
     assert report["config"]["detectors"] == "zscore"
     assert png.stat().st_size > 10_000
     assert "| 500 |" in run.stdout and "highest rate that holds" in run.stdout
+
+
+@pytest.mark.integration
+def test_latency_can_be_measured_with_two_independent_instances(broker, tmp_path) -> None:
+    """--instances 2: the readings topic gets two partitions keyed by sensor and two flows
+    each score their share; both steps must see scores with sane percentiles."""
+    out = tmp_path / "lat.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.latency", "--rates", "500", "--seconds", "3",
+         "--sensors", "40", "--warmup-ticks", "60", "--detectors", "zscore", "--hop-seconds", "0",
+         "--instances", "2", "--stagger", "10s", "--brokers", broker.bootstrap,
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    assert report["config"]["instances"] == 2
+    assert report["config"]["window_stagger"] == "0:00:10"
+    (step,) = report["steps"]
+    assert step["scores"] > 0
+    p = step["score_ms"]
+    assert 0 < p["p50"] <= p["p99"] < 10_000
