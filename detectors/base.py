@@ -34,21 +34,27 @@ class Verdict:
 
 
 def sensor_rounds(batch: list[tuple[str, ClosedWindow]]) -> list[list[int]]:
-    """Split a batch into rounds of indices holding at most one window per sensor.
+    """Cut a batch into consecutive rounds of indices holding at most one window per sensor.
 
-    Round r holds each sensor's r-th window, in batch order, so a detector can score a round
-    in one vectorised call and still score every window from the state before it.
+    A detector scores a round in one vectorised call, from the state before it, then learns
+    it. Because rounds are consecutive slices of the batch (a new one starts where a sensor
+    would repeat), that is exactly scoring and learning the windows one by one in batch
+    order, also for state several sensors share (HST's forest per shard). The window store
+    emits windows in the order of the readings that closed them, so results do not depend
+    on how the input was cut into batches.
     """
     if len({sid for sid, _ in batch}) == len(batch):  # the common case: one round
         return [list(range(len(batch)))] if batch else []
     rounds: list[list[int]] = []
-    seen: dict[str, int] = {}
+    current: list[int] = []
+    seen: set[str] = set()
     for i, (sid, _) in enumerate(batch):
-        r = seen.get(sid, 0)
-        seen[sid] = r + 1
-        if r == len(rounds):
-            rounds.append([])
-        rounds[r].append(i)
+        if sid in seen:
+            rounds.append(current)
+            current, seen = [], set()
+        current.append(i)
+        seen.add(sid)
+    rounds.append(current)
     return rounds
 
 

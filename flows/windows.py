@@ -24,8 +24,11 @@ Contract
 * Features do not depend on how the input is cut into batches, to the bit: pane sums grow in
   arrival order and a window adds its panes oldest first, the order a reading-by-reading loop
   would use. (So the flow and ``flows.offline`` agree exactly.)
-* A batch's windows come out grouped by sensor, in the order of each sensor's first accepted
-  reading in the batch, oldest window first (``flush``: in the order sensors first appeared).
+* A batch's windows come out in the order of the readings that closed them (the sensor's
+  first reading whose watermark reached the window's end), windows closed by the same reading
+  oldest first (``flush``: by window end, then in the order sensors first appeared). That is
+  the order a reading-by-reading loop would emit them in, whatever the batch cut, so
+  detectors that share state between sensors see the same sequence however it was batched.
 
 State layout
 ------------
@@ -460,7 +463,7 @@ class WindowStore:
             closed.append(self._close(jumpers, (newest[at] - lateness) // hop))
             todo = todo[~now]
         # the final close of every sensor with an accepted reading; windows come out ordered
-        # by each sensor's first accepted reading in the batch, then by end
+        # by the reading that closed them, then by end
         acc_slots = slot[acc_pos]
         if once:
             touched = acc_slots
@@ -473,12 +476,15 @@ class WindowStore:
         closed.append(self._close(touched, (self._max_ts[touched] - lateness) // hop))
         windows: list[tuple[str, ClosedWindow]] = []
         if any(len(c.slot) for c in closed):
-            first_acc = np.full(self._n_sensors, n, np.int64)
-            if once:
-                first_acc[acc_slots] = acc_pos
+            if once:  # one reading per sensor: it closed every window of its sensor
+                closer = np.full(self._n_sensors, n, np.int64)
+                closer[acc_slots] = acc_pos
+                windows = self._emit(closed, lambda w_slot, w_end: closer[w_slot])
             else:
-                np.minimum.at(first_acc, acc_slots, acc_pos)
-            windows = self._emit(closed, first_acc)
+                wm = (newest - lateness) // hop
+                windows = self._emit(
+                    closed, lambda w_slot, w_end: _closing_reading(slot, wm, w_slot, w_end)
+                )
         if not n_late:
             return BatchResult(windows, [], n)
         late_at = late.nonzero()[0]
@@ -656,8 +662,11 @@ class WindowStore:
         feats = _features(st, valid, self._ref[c], self.spec.hop_ms / 1000.0)
         return _Closed(w_slot, w_end, w_read, per, c, valid.any(axis=1), feats)
 
-    def _emit(self, closed: list[_Closed], rank: I64) -> list[tuple[str, ClosedWindow]]:
-        """ClosedWindow objects for close steps' output, ordered by (rank of sensor, end)."""
+    def _emit(
+        self, closed: list[_Closed], rank: Callable[[I64, I64], I64]
+    ) -> list[tuple[str, ClosedWindow]]:
+        """ClosedWindow objects for close steps' output, ordered by ``rank(slot, end)`` per
+        window (the position of the reading that closed it), then by end."""
         closed = [c for c in closed if len(c.slot)]
         if not closed:
             return []
@@ -672,7 +681,7 @@ class WindowStore:
         seen = np.zeros(len(present) + 1, np.int64)
         np.cumsum(present, out=seen[1:])
         full = seen[first_row[1:]] - seen[first_row[:-1]] == per
-        order = np.lexsort((w_end, rank[w_slot])).tolist()
+        order = np.lexsort((w_end, rank(w_slot, w_end))).tolist()
         flat = feats.ravel().tolist()
         hop = self.spec.hop_ms
         k = self._k
@@ -717,7 +726,9 @@ class WindowStore:
         newest = np.where(live, self._pane[:n], _NONE).max(axis=1)
         slots = (newest != _NONE).nonzero()[0]
         closed = self._close(slots, newest[slots] + 1)
-        return self._emit([closed], np.arange(n, dtype=np.int64))
+        # window by window end, then sensor: no reading closes these, and interleaving sensors
+        # keeps the detectors' rounds (at most one window per sensor) few
+        return self._emit([closed], lambda w_slot, w_end: w_end)
 
     # -- recovery ----------------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -873,6 +884,26 @@ class WindowStore:
                         w._cell_pane[c, rs] = pane
                         w._stats[c, rs] = row
         return w
+
+
+def _closing_reading(slot: I64, wm: I64, w_slot: I64, w_end: I64) -> I64:
+    """Per window (its sensor slot and end pane), the batch position of the reading that
+    closed it: the sensor's first reading whose watermark pane ``wm`` reached the end.
+
+    ``wm`` never decreases along one sensor's readings (it follows the running maximum), so
+    after a stable sort by (slot, wm) each window's closer is one binary search away.
+    """
+    lo = int(wm.min())
+    span = int(wm.max()) - lo + 2
+    if (int(slot.max()) + 2) * span >= _SAFE:  # extreme gaps: search sensor by sensor
+        out = np.empty(len(w_slot), np.int64)
+        for j, (s, e) in enumerate(zip(w_slot.tolist(), w_end.tolist(), strict=True)):
+            out[j] = int(np.flatnonzero((slot == s) & (wm >= e))[0])
+        return out
+    key = slot * span + (wm - lo)
+    order = np.argsort(key, kind="stable")
+    want = w_slot * span + np.clip(w_end - lo, 0, span - 1)
+    return order[np.searchsorted(key[order], want, side="left")]
 
 
 def _small(a: np.ndarray) -> np.ndarray:

@@ -80,6 +80,7 @@ class Reference:
         hop, lateness = self.spec.hop_ms, self.spec.lateness_ms
         late: list[tuple[int, int]] = []
         touched: dict[str, None] = {}
+        closer: dict[str, list[tuple[int, int, int]]] = {}
         for i, r in enumerate(batch):
             sid, ts = r.sensor_id, r.ts_ms
             if sid in self.newest and ts < self.newest[sid] - lateness:
@@ -91,6 +92,7 @@ class Reference:
                 self.first[sid] = ts // hop
                 self.rows[sid] = []
                 self.refs[sid] = {}
+            before = (self.newest[sid] - lateness) // hop
             self.newest[sid] = max(self.newest[sid], ts)
             self.first[sid] = min(self.first[sid], ts // hop)
             self.rows[sid].append((ts, self.arrivals, r.values))
@@ -98,16 +100,25 @@ class Reference:
                 self.refs[sid].setdefault(m, value)
             self.arrivals += 1
             touched[sid] = None
+            closer.setdefault(sid, [])  # (last window end pane this reading closes, i)
+            closer[sid].append(((self.newest[sid] - lateness) // hop, i, before))
         out: list[Expected] = []
         for sid in touched:
             out += self._close(sid, (self.newest[sid] - lateness) // hop)
+
+        def closed_by(w: Expected) -> int:  # the first reading whose watermark reached the end
+            end = w[2] // hop
+            return next(i for upto, i, _ in closer[w[0]] if upto >= end)
+
+        out.sort(key=lambda w: (closed_by(w), w[2]))  # by closing reading, then end
         return out, late
 
     def flush(self) -> list[Expected]:
         out: list[Expected] = []
         for sid in self.rows:
             out += self._close(sid, self.newest[sid] // self.spec.hop_ms + 1)
-        return out
+        first_seen = {sid: k for k, sid in enumerate(self.rows)}
+        return sorted(out, key=lambda w: (w[2], first_seen[w[0]]))  # by end, then sensor
 
     def _close(self, sid: str, upto: int) -> list[Expected]:
         hop, k = self.spec.hop_ms, self.spec.panes
@@ -237,15 +248,22 @@ def test_a_batch_that_jumps_far_ahead_closes_every_window_it_passed():
     _assert_same(_as_tuples(got.windows), want)
 
 
-def test_windows_come_out_by_sensor_in_order_of_first_accepted_reading_then_by_end():
+def test_windows_come_out_in_the_order_of_the_readings_that_closed_them_then_by_end():
     spec = WindowSpec(10_000, 10_000, 0)
     store = WindowStore(spec)
     store.process([[Row("a", T0, {"x": 1.0}), Row("b", T0, {"x": 1.0})]])
+    store.process([[Row("a", T0 + 10_000, {"x": 1.0}), Row("b", T0 + 10_000, {"x": 1.0})]])
     res = store.process([[
-        Row("b", T0 + 25_000, {"x": 1.0}), Row("a", T0 - 1, {"x": 1.0}),  # a: late
-        Row("a", T0 + 35_000, {"x": 1.0}),
+        Row("b", T0 + 25_000, {"x": 1.0}),  # closes b's window ending at +20 s
+        Row("a", T0 - 1, {"x": 1.0}),  # late
+        Row("a", T0 + 15_000, {"x": 1.0}),  # closes nothing new
+        Row("a", T0 + 35_000, {"x": 1.0}),  # closes a's window ending at +20 s
+        Row("b", T0 + 36_000, {"x": 1.0}),  # closes b's window ending at +30 s
+        Row("a", T0 + 55_000, {"x": 1.0}),  # closes a's windows ending at +40 s and +50 s
     ]])
-    assert [(s, w.end_ms - T0) for s, w in res.windows] == [("b", 10_000), ("a", 10_000)]
+    assert [(s, (w.end_ms - T0) // 1000) for s, w in res.windows] == [
+        ("b", 20), ("a", 20), ("b", 30), ("a", 40),
+    ]
 
 
 def test_a_metric_first_seen_in_a_late_reading_takes_its_reference_from_an_accepted_one():
@@ -304,9 +322,12 @@ def test_a_recovery_store_of_per_sensor_objects_resumes_with_identical_windows()
         fixture = pickle.load(fh)
     spec = WindowSpec(*fixture["spec"])
     stage = FeatureStage.restore(spec, fixture["snapshot"])
+    def by_sensor(ws: list) -> list:  # recorded in the old order (by sensor, then end)
+        return sorted(ws, key=lambda w: (w[0], w[1], w[2]))
+
     for rows, (windows, late, accepted) in zip(fixture["later"], fixture["outputs"], strict=True):
         out = stage.process([[Reading(*row) for row in rows]])
-        assert [(s, *_flat(w)) for s, w in out.windows] == windows  # bit for bit
+        assert by_sensor([(s, *_flat(w)) for s, w in out.windows]) == by_sensor(windows)
         assert [d.detail for d in out.late] == late and out.accepted == accepted
     assert [(s, *_flat(w)) for s, w in stage.flush().windows] == fixture["flush"]
 
