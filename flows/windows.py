@@ -432,7 +432,8 @@ class WindowStore:
             ts = ts - self._offset[slot]  # onto the sensor's own grid
         hop, lateness, k, ring = spec.hop_ms, spec.lateness_ms, self._k, self._ring
         n = len(slot)
-        prev, once = self._running_max(slot, ts)  # sensor's newest ms before each reading
+        # sensor's newest ms before each reading; readings ordered by sensor, then arrival
+        prev, once, by_sensor = self._running_max(slot, ts)
         late = ts < prev - lateness
         newest = np.maximum(prev, ts)  # after each reading (a late one never raises it)
         pane = ts // hop
@@ -483,7 +484,8 @@ class WindowStore:
             else:
                 wm = (newest - lateness) // hop
                 windows = self._emit(
-                    closed, lambda w_slot, w_end: _closing_reading(slot, wm, w_slot, w_end)
+                    closed,
+                    lambda w_slot, w_end: _closing_reading(slot, wm, by_sensor, w_slot, w_end),
                 )
         if not n_late:
             return BatchResult(windows, [], n)
@@ -492,11 +494,12 @@ class WindowStore:
         late_list = list(zip(late_at.tolist(), newest_ms.tolist(), strict=True))
         return BatchResult(windows, late_list, n - n_late)
 
-    def _running_max(self, slot: I64, ts: I64) -> tuple[I64, bool]:
+    def _running_max(self, slot: I64, ts: I64) -> tuple[I64, bool, I64]:
         """Per reading, the sensor's newest ms before it (stored, then earlier in the batch).
 
         Also says whether every sensor occurs at most once in the batch (the common case of
-        one reading per sensor per batch, which later steps can treat without grouping).
+        one reading per sensor per batch, which later steps can treat without grouping), and
+        returns the readings' order by sensor, then arrival (a stable sort of ``slot``).
         """
         stored = self._max_ts[slot]
         order = slot.argsort(kind="stable")
@@ -505,7 +508,7 @@ class WindowStore:
         first[0] = True
         np.not_equal(s[1:], s[:-1], out=first[1:])
         if _count(first) == len(first):  # every sensor once: nothing earlier in the batch
-            return stored, True
+            return stored, True, order
         t = ts[order]
         lo = int(t.min())
         span = int(t.max()) - lo + 1
@@ -523,7 +526,7 @@ class WindowStore:
         before[first] = _NONE
         out = np.empty_like(before)
         out[order] = np.maximum(before, stored[order])
-        return out, False
+        return out, False, order
 
     def _accumulate(self, pos: I64, b: _Batch) -> None:
         """Add the accepted readings at ``pos`` (arrival order, within ring reach) to panes."""
@@ -886,12 +889,13 @@ class WindowStore:
         return w
 
 
-def _closing_reading(slot: I64, wm: I64, w_slot: I64, w_end: I64) -> I64:
+def _closing_reading(slot: I64, wm: I64, by_sensor: I64, w_slot: I64, w_end: I64) -> I64:
     """Per window (its sensor slot and end pane), the batch position of the reading that
     closed it: the sensor's first reading whose watermark pane ``wm`` reached the end.
 
     ``wm`` never decreases along one sensor's readings (it follows the running maximum), so
-    after a stable sort by (slot, wm) each window's closer is one binary search away.
+    the readings ordered by sensor, then arrival (``by_sensor``), are also ordered by
+    (sensor, wm), and each window's closer is one binary search away.
     """
     lo = int(wm.min())
     span = int(wm.max()) - lo + 2
@@ -900,10 +904,9 @@ def _closing_reading(slot: I64, wm: I64, w_slot: I64, w_end: I64) -> I64:
         for j, (s, e) in enumerate(zip(w_slot.tolist(), w_end.tolist(), strict=True)):
             out[j] = int(np.flatnonzero((slot == s) & (wm >= e))[0])
         return out
-    key = slot * span + (wm - lo)
-    order = np.argsort(key, kind="stable")
+    key = (slot * span + (wm - lo))[by_sensor]  # ascending
     want = w_slot * span + np.clip(w_end - lo, 0, span - 1)
-    return order[np.searchsorted(key[order], want, side="left")]
+    return by_sensor[np.searchsorted(key, want, side="left")]
 
 
 def _small(a: np.ndarray) -> np.ndarray:
