@@ -336,14 +336,15 @@ class Calibrator:
         ``#{M > m} ≥ n − lo`` means the ``lo``-th smallest score already exceeds ``m``, so
         ``m < u`` and :meth:`_tail` takes its empirical branch. Counting in float32 (exact
         for the ring's values) gives the very counts, and the same float64 arithmetic then
-        gives bit-identical likelihoods; the other scores take the full path.
+        gives bit-identical likelihoods; the other scores take the full path. Only columns
+        past their warm-up come here (:meth:`score` gives the others ``warmup_value``).
         """
         cnt = np.minimum(counts, self.history)  # scores in the ring; the rest is NaN
         lo = np.floor(self.tail_quantile * np.maximum(cnt - 1, 0)).astype(np.int64)
         h = hist.astype(np.float32)
         m = new.astype(np.float32)[:, None]
         above = (h > m).sum(axis=1)  # NaN compares False
-        body = (counts >= self.warmup) & (above >= cnt - lo)
+        body = above >= cnt - lo
         equal = (h[body] == m[body]).sum(axis=1)
         q = (above[body] + 0.5 * equal + 0.5) / (cnt[body] + 1.0)
         return body, np.clip(1.0 - q, 0.0, 1.0)
