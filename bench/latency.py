@@ -61,6 +61,7 @@ from bench.throughput import (
     base_flow_env,
     broker_config,
     git_commit,
+    instance_env,
     metric_names,
     open_broker,
     topic_env,
@@ -418,9 +419,7 @@ def run(args: argparse.Namespace, broker: TestBroker | ExternalBroker,
     flows: list[subprocess.Popen] = []
     with open(log_path, "wb") as log:
         for i in range(args.instances):  # one flow, or one per instance and partition
-            env = _flow_env(broker.bootstrap, topics, args)
-            if args.instances > 1:
-                env.update({"VIGIL_INSTANCES": str(args.instances), "VIGIL_INSTANCE": str(i)})
+            env = {**_flow_env(broker.bootstrap, topics, args), **instance_env(i, args.instances)}
             flows.append(subprocess.Popen(
                 [sys.executable, "-m", "bytewax.run", "flows.detect"],
                 env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,

@@ -372,9 +372,7 @@ def flow_env(
         "VIGIL_METRICS_PORT": str(metrics_port),
         "PYTHONUNBUFFERED": "1",
     })
-    if cfg.instances > 1:
-        env["VIGIL_INSTANCES"] = str(cfg.instances)
-        env["VIGIL_INSTANCE"] = str(instance)
+    env.update(instance_env(instance, cfg.instances))
     if cfg.batch_size is not None:
         env["VIGIL_CONSUMER_BATCH_SIZE"] = str(cfg.batch_size)
     if cfg.shards is not None:
@@ -382,6 +380,14 @@ def flow_env(
     if cfg.detectors is not None:
         env["VIGIL_DETECTORS"] = cfg.detectors
     return env
+
+
+def instance_env(instance: int, instances: int) -> dict[str, str]:
+    """``VIGIL_INSTANCES``/``VIGIL_INSTANCE`` for one of ``instances`` independent flows
+    (nothing when there is one)."""
+    if instances == 1:
+        return {}
+    return {"VIGIL_INSTANCES": str(instances), "VIGIL_INSTANCE": str(instance)}
 
 
 def flow_commands(cfg: _Config, recovery_dirs: list[Path] | None) -> list[list[str]]:
