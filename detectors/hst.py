@@ -102,13 +102,14 @@ Design choices (and why)
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from river.anomaly import HalfSpaceTrees
 
 from detectors._rows import SensorRows
-from detectors.base import Verdict, gather, rounded, sensor_rounds
+from detectors.base import Verdict, by_feature_set, gather, rounded
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
@@ -310,21 +311,17 @@ class HalfSpaceTreesDetector:
     def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
         """Score then learn each window; several windows of one sensor go in rounds."""
         verdicts: list[Verdict | None] = [None] * len(batch)
-        for indices in sensor_rounds(batch):
-            members: dict[tuple[str, ...], list[int]] = {}
-            for i in indices:
-                sid, window = batch[i]
-                members.setdefault(self._group(sid, window).keys, []).append(i)
-            for keys, group_members in members.items():
-                self._score_group(self._groups[keys], group_members, batch, verdicts)
+        for keys, members in by_feature_set(batch, self._group_keys):
+            self._score_group(self._groups[keys], members, batch, verdicts)
         return verdicts  # type: ignore[return-value]
 
-    def _group(self, sid: str, window: ClosedWindow) -> _Group:
+    def _group_keys(self, sid: str, features: Mapping[str, float]) -> tuple[str, ...]:
+        """The sensor's feature set (chosen from its first window), its group made if new."""
         keys = self._keys.get(sid)
         if keys is None:
             wanted = self._wanted
             keys = self._keys[sid] = tuple(sorted(
-                (k for k in window.features if k.rsplit(".", 1)[-1] in wanted),
+                (k for k in features if k.rsplit(".", 1)[-1] in wanted),
                 key=lambda k: k.rsplit(".", 1),  # (metric, feature): a metric's columns adjoin
             ))
         g = self._groups.get(keys)
@@ -333,8 +330,8 @@ class HalfSpaceTreesDetector:
                 n_trees=self.n_trees, height=self.height,
                 window_size=self.window_size, seed=self.seed,
             )
-            g = self._groups[keys] = _Group(keys, forest)
-        return g
+            self._groups[keys] = _Group(keys, forest)
+        return keys
 
     def _score_group(
         self, g: _Group, pos: list[int],
