@@ -218,6 +218,18 @@ def test_filters_by_sensor_severity_status_detector_and_time_range(client):
     assert sorted(walked) == ["a00001", "a00003", "a00004"] and pages == 2
 
 
+@pytest.mark.parametrize("path", [
+    "/v1/alerts?until=2024-05-01T00:03:00Z&until=1714564800",  # a number past the RFC 3339 check
+    "/v1/alerts?sensor_id=a&sensor_id=b",
+    "/v1/sensors/pump-1/scores?since=2024-05-01T00:00:00Z&since=2024-05-02T00:00:00Z",
+])
+def test_a_query_parameter_given_twice_is_refused_with_its_name(client, path):
+    """Every query parameter takes one value; Litestar would silently keep one of two."""
+    r = client.get(path)
+    assert r.status_code == 422, r.text
+    assert "is given 2 times; give it once" in r.json()["detail"]
+
+
 def test_get_one_alert_and_404_for_an_unknown_id(client):
     _post(client, [alert(7)])
     a = client.get("/v1/alerts/a00007").json()
