@@ -14,7 +14,7 @@ from bytewax.dataflow import Dataflow
 
 from bench.peers_impl import mark_first
 from flows.decode import BatchDecoder, RawBatch
-from flows.detect import _by_shard, _WindowedFeatures
+from flows.detect import _by_shard, _WindowedFeatures, tune_garbage_collector
 from flows.kafka import ReadingsSource, TopicSink
 from flows.schemas import encoder
 from flows.settings import Settings
@@ -60,7 +60,9 @@ def build(brokers: str, topic: str, out: str, readings: int, stats: str) -> Data
 
 def _from_env() -> Dataflow:
     brokers, topic, out, readings, stats = os.environ["PEER_ARGS"].split()
-    return build(brokers, topic, out, int(readings), stats)
+    built = build(brokers, topic, out, int(readings), stats)
+    tune_garbage_collector()  # as flows.detect does once its flow is built
+    return built
 
 
 flow = _from_env() if "PEER_ARGS" in os.environ else None
