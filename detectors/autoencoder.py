@@ -25,7 +25,6 @@ Contract
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 import time
 from collections.abc import Callable
@@ -34,16 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from detectors._rows import SensorRows
-from detectors.base import Verdict, gather, rounded, sensor_rounds
+from detectors.base import BatchScoring, Verdicts, gather, rounded, sensor_rounds
 from detectors.lstm_ae import LstmAutoencoder
 from detectors.registry import ModelRegistry, RegistryError
-from flows.schemas import Contributor
 from flows.windows import ClosedWindow
 
 log = logging.getLogger("vigil.detectors.autoencoder")
 
 
-class AutoencoderDetector:
+class AutoencoderDetector(BatchScoring):
     """Scores windows with the registry's active LSTM-AE version."""
 
     name = "lstm_ae"
@@ -142,13 +140,13 @@ class AutoencoderDetector:
         return metrics, [np.array([j for j, m in enumerate(of) if m == name]) for name in metrics]
 
     # -- scoring -----------------------------------------------------------------------------
-    def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
+    def score_batch(self, batch: list[tuple[str, ClosedWindow]]) -> Verdicts:
         """Push each window into its sensor's ring and score the full sequences in batches."""
         self.maybe_reload()
         model = self.model
         names = model.feature_keys
         seq_len = model.seq_len
-        verdicts: list[Verdict | None] = [None] * len(batch)
+        out = Verdicts(len(batch))
         rings = self._rings
         for indices in sensor_rounds(batch):
             rows = rings.rows([batch[i][0] for i in indices])
@@ -157,39 +155,19 @@ class AutoencoderDetector:
             rings["seq"][rows, pos[rows]] = x
             pos[rows] = (pos[rows] + 1) % seq_len
             count[rows] += 1
-            full = count[rows] >= seq_len
-            for j in np.flatnonzero(~full).tolist():
-                verdicts[indices[j]] = Verdict(0.0, False, [], warming_up=True)
+            full = count[rows] >= seq_len  # the others are warming up
             if not full.any():
                 continue
             ready = rows[full]
             order = (pos[ready][:, None] + np.arange(seq_len)[None, :]) % seq_len
             sequences = rings["seq"][ready[:, None], order]  # oldest window first
             scores, errors = model.score_batch(sequences)
-            ready_at = [indices[j] for j in np.flatnonzero(full).tolist()]
-            for i, score, top in zip(
-                ready_at, scores.tolist(), self._contributors(errors), strict=True
-            ):
-                if not math.isfinite(score):  # a feature is missing from the sequence
-                    verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-                else:
-                    verdicts[i] = Verdict(score, score >= model.threshold, top)
-        return verdicts  # type: ignore[return-value]
-
-    def _contributors(self, errors: np.ndarray) -> list[list[Contributor]]:
-        """Per row, the metrics with the largest reconstruction error of any of their features.
-
-        Ties go to the alphabetically first metric; rows with NaN errors get no contributors
-        (they are not scored).
-        """
-        metrics = self._metrics
-        per_metric = np.stack([errors[:, cols].max(axis=1) for cols in self._metric_cols], 1)
-        order = np.argsort(-per_metric, axis=1, kind="stable")[:, :3].tolist()
-        values = rounded(per_metric, 4).tolist()
-        return [
-            [Contributor(metrics[m], v[m]) for m in o] if v[o[0]] == v[o[0]] else []
-            for o, v in zip(order, values, strict=True)
-        ]
+            # per metric, the largest reconstruction error of any of its features
+            per_metric = np.stack([errors[:, cols].max(axis=1) for cols in self._metric_cols], 1)
+            missing = ~np.isfinite(scores)  # a feature is missing from the sequence
+            out.set(np.asarray(indices)[full], scores, scores >= model.threshold, missing,
+                    self._metrics, per_metric, rounded(per_metric, 4))
+        return out
 
     # -- recovery ----------------------------------------------------------------------------
     def snapshot(self) -> bytes:

@@ -98,8 +98,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from detectors._rows import FeatureSets, SensorRows, TableSpec
-from detectors.base import Verdict, by_feature_set, gather, rounded
-from flows.schemas import Contributor
+from detectors.base import BatchScoring, Verdicts, by_feature_set, gather, rounded
 from flows.windows import ClosedWindow
 
 DEFAULT_THRESHOLD = 5.0
@@ -107,7 +106,7 @@ _SNAPSHOT_VERSION = 1
 _FEATURE = ".mean"
 
 
-class CorrelationDetector:
+class CorrelationDetector(BatchScoring):
     """Per-sensor online mean and shrunk covariance of the metric means; scores T² / d."""
 
     name = "corr"
@@ -168,20 +167,17 @@ class CorrelationDetector:
         return tuple(found[: self.max_metrics]) if len(found) >= 2 else ()
 
     # -- scoring -----------------------------------------------------------------------------
-    def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
+    def score_batch(self, batch: list[tuple[str, ClosedWindow]]) -> Verdicts:
         """Score then learn each window; several windows of one sensor go in rounds."""
-        verdicts: list[Verdict | None] = [None] * len(batch)
+        out = Verdicts(len(batch))
         for keys, members in by_feature_set(batch, self._sets.keys_of):
-            if not keys:
-                for i in members:
-                    verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-                continue
-            self._score_group(keys, members, batch, verdicts)
-        return verdicts  # type: ignore[return-value]
+            if keys:  # else nothing to judge: warming up
+                self._score_group(keys, members, batch, out)
+        return out
 
     def _score_group(
         self, keys: tuple[str, ...], members: list[int],
-        batch: list[tuple[str, ClosedWindow]], verdicts: list[Verdict | None],
+        batch: list[tuple[str, ClosedWindow]], out: Verdicts,
     ) -> None:
         d = len(keys)
         table = self._sets.table(keys)
@@ -216,18 +212,10 @@ class CorrelationDetector:
             scores[r] = share[r].sum(axis=1)
         anomalous = ready & (scores >= self.threshold)
         self._learn(table, rows, span, mean, cov, n, step, anomalous)
-        order = np.argsort(-share, axis=1, kind="stable")[:, :3].tolist()
         metrics = [k[: -len(_FEATURE)] for k in keys]
-        share_rows = rounded(np.maximum(share, 0.0), 3).tolist()  # negative shares show as 0
-        score_list = scores.tolist()
-        ready_list = ready.tolist()
-        anomalous_list = anomalous.tolist()
-        for j, i in enumerate(members):
-            if not ready_list[j]:
-                verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-                continue
-            top = [Contributor(metrics[m], share_rows[j][m]) for m in order[j]]
-            verdicts[i] = Verdict(score_list[j], anomalous_list[j], top)
+        # negative shares show as 0
+        out.set(members, scores, anomalous, ~ready, metrics, share,
+                rounded(np.maximum(share, 0.0), 3))
 
     def _learn(
         self, table: SensorRows, rows: np.ndarray, span: np.ndarray, mean: np.ndarray,

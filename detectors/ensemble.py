@@ -62,7 +62,7 @@ from typing import Literal
 
 import numpy as np
 
-from detectors.base import Detector, rounded, sensor_rounds
+from detectors.base import Detector, rounded, sensor_rounds, verdicts_of
 from detectors.calibration import Calibrator, combine
 from flows.schemas import Contributor
 from flows.windows import ClosedWindow
@@ -154,13 +154,14 @@ class Ensemble:
         if not batch:
             return []
         c = self.config
-        verdicts = [d.score_and_learn(batch) for d in self.detectors]
+        verdicts = [verdicts_of(d, batch) for d in self.detectors]
+        raw_all = np.stack([v.score for v in verdicts], axis=1)  # (N, D)
+        warm_all = np.stack([v.warming_up for v in verdicts], axis=1)
         names = self.names
         out: list[Judgement | None] = [None] * len(batch)
         for idx in sensor_rounds(batch):
             sids = [batch[i][0] for i in idx]
-            raw_t = np.array([[v[i].score for v in verdicts] for i in idx])  # (R, D)
-            warm_t = np.array([[v[i].warming_up for v in verdicts] for i in idx])
+            raw_t, warm_t = raw_all[idx], warm_all[idx]  # (R, D)
             lik_t = np.full(raw_t.shape, np.nan)
             h = self._held_cols
             if h.size:
@@ -186,7 +187,7 @@ class Ensemble:
                     fired = tuple(
                         n for n, f in zip(names, fired_at[r], strict=True) if f
                     ) or ((names[b],) if anom[r] else ())
-                    contributors = verdicts[b][i].contributors
+                    contributors = verdicts[b].contributors(i)
                 else:
                     fired, contributors = (), []
                 out[i] = Judgement(

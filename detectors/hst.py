@@ -109,8 +109,7 @@ import numpy as np
 from river.anomaly import HalfSpaceTrees
 
 from detectors._rows import SensorRows
-from detectors.base import Verdict, by_feature_set, gather, rounded
-from flows.schemas import Contributor
+from detectors.base import BatchScoring, Verdicts, by_feature_set, gather, rounded
 from flows.windows import ClosedWindow
 
 DEFAULT_FEATURES: tuple[str, ...] = ("mean", "std", "slope")
@@ -253,7 +252,7 @@ class _Walker:
                 node.r_mass = rv
 
 
-class HalfSpaceTreesDetector:
+class HalfSpaceTreesDetector(BatchScoring):
     """River Half-Space Trees over per-sensor standardised, per-metric folded deviations."""
 
     name = "hst"
@@ -308,12 +307,12 @@ class HalfSpaceTreesDetector:
         self._keys: dict[str, tuple[str, ...]] = {}  # each sensor's feature set (its group)
 
     # -- scoring -----------------------------------------------------------------------------
-    def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
+    def score_batch(self, batch: list[tuple[str, ClosedWindow]]) -> Verdicts:
         """Score then learn each window; several windows of one sensor go in rounds."""
-        verdicts: list[Verdict | None] = [None] * len(batch)
+        out = Verdicts(len(batch))
         for keys, members in by_feature_set(batch, self._group_keys):
-            self._score_group(self._groups[keys], members, batch, verdicts)
-        return verdicts  # type: ignore[return-value]
+            self._score_group(self._groups[keys], members, batch, out)
+        return out
 
     def _group_keys(self, sid: str, features: Mapping[str, float]) -> tuple[str, ...]:
         """The sensor's feature set (chosen from its first window), its group made if new."""
@@ -335,12 +334,10 @@ class HalfSpaceTreesDetector:
 
     def _score_group(
         self, g: _Group, pos: list[int],
-        batch: list[tuple[str, ClosedWindow]], verdicts: list[Verdict | None],
+        batch: list[tuple[str, ClosedWindow]], out: Verdicts,
     ) -> None:
         keys = g.keys
-        if not keys:  # a sensor without any of our features: nothing to judge
-            for i in pos:
-                verdicts[i] = Verdict(0.0, False, [], warming_up=True)
+        if not keys:  # a sensor without any of our features: nothing to judge (warming up)
             return
         rows = g.table.rows([batch[i][0] for i in pos])
         x = gather(batch, pos, keys)
@@ -354,7 +351,7 @@ class HalfSpaceTreesDetector:
         z = np.clip(resid / scale, -_Z_CAP, _Z_CAP)
         per_metric = np.maximum.reduceat(np.abs(z), g.starts, axis=1)  # (G, M)
         u_arr = np.tanh(per_metric / self.squash)
-        umax = u_arr.max(axis=1).tolist() if u_arr.shape[1] else [0.0] * len(pos)
+        umax = u_arr.max(axis=1) if u_arr.shape[1] else np.zeros(len(pos))
         # What the forest learns from an anomalous window: its deviations cut back to `clip`
         u_edge = np.tanh(np.minimum(per_metric, self.clip) / self.squash)
 
@@ -363,21 +360,12 @@ class HalfSpaceTreesDetector:
         anomalous = np.zeros(len(pos), dtype=bool)
         scores = np.zeros(len(pos))
         self._walk_forest(g, np.flatnonzero(ready), u_arr, u_edge, scores, anomalous, warming)
-        scores = scores.tolist()
 
         self._learn(g, rows, span, mean, dev, n, scale, resid, z, missing, ready, anomalous)
 
-        order = np.argsort(-per_metric, axis=1, kind="stable")[:, :3].tolist()
-        metrics = g.metrics
-        per_metric_rows = rounded(per_metric, 3).tolist()
-        for j, i in enumerate(pos):
-            if warming[j]:
-                verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-            else:
-                pm = per_metric_rows[j]
-                top = [Contributor(metrics[k], pm[k]) for k in order[j]]
-                # tie-break HST's saturating mass score by how far the window deviates
-                verdicts[i] = Verdict(scores[j] + umax[j], bool(anomalous[j]), top)
+        # tie-break HST's saturating mass score by how far the window deviates
+        out.set(pos, scores + umax, anomalous, warming, g.metrics, per_metric,
+                rounded(per_metric, 3))
 
     def _walk_forest(
         self, g: _Group, ready: np.ndarray, u: np.ndarray, u_edge: np.ndarray,

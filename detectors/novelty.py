@@ -93,8 +93,7 @@ import pickle
 import numpy as np
 
 from detectors._rows import FeatureSets, TableSpec
-from detectors.base import Verdict, by_feature_set, gather, last_values, rounded
-from flows.schemas import Contributor
+from detectors.base import BatchScoring, Verdicts, by_feature_set, gather, last_values, rounded
 from flows.windows import ClosedWindow
 
 DEFAULT_THRESHOLD = 0.9
@@ -102,7 +101,7 @@ _SNAPSHOT_VERSION = 1
 _NO_FIRST = np.iinfo(np.int64).min  # "first" of a sensor row that has not scored a window
 
 
-class ValueNovelty:
+class ValueNovelty(BatchScoring):
     """Per-sensor decayed counts of where each metric's newest value falls (tile-coded)."""
 
     name = "novelty"
@@ -157,12 +156,12 @@ class ValueNovelty:
             "first": ((), np.int64, _NO_FIRST),
         }
 
-    def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
+    def score_batch(self, batch: list[tuple[str, ClosedWindow]]) -> Verdicts:
         """Score then learn each window; windows of one sensor are taken in order."""
-        verdicts: list[Verdict | None] = [None] * len(batch)
+        out = Verdicts(len(batch))
         for keys, members in by_feature_set(batch, self._sets.keys_of):
-            self._score_group(keys, members, batch, verdicts)
-        return verdicts  # type: ignore[return-value]
+            self._score_group(keys, members, batch, out)
+        return out
 
     def bin_of(self, x: np.ndarray, level: np.ndarray, dev: np.ndarray) -> np.ndarray:
         """Bin index (0 .. 2·max_bin) per tiling of values ``x`` given level and deviation:
@@ -176,11 +175,9 @@ class ValueNovelty:
 
     def _score_group(
         self, keys: tuple[str, ...], members: list[int],
-        batch: list[tuple[str, ClosedWindow]], verdicts: list[Verdict | None],
+        batch: list[tuple[str, ClosedWindow]], out: Verdicts,
     ) -> None:
-        if not keys:
-            for i in members:
-                verdicts[i] = Verdict(0.0, False, [], warming_up=True)
+        if not keys:  # nothing to judge: warming up
             return
         table = self._sets.table(keys)
         n, m, t = len(members), len(keys), self.tilings
@@ -203,17 +200,11 @@ class ValueNovelty:
         c = table["counts"][r_idx, m_idx, t_idx, b].astype(np.float64)
         novelty = np.where(placed, (1.0 / (1.0 + c / self.prior)).mean(axis=2), 0.0)
         young = end - first < self.warmup_ms
-        warming = ((count < self.warmup) | young | ~placed.any(axis=1)).tolist()
-        order = np.argsort(-novelty, axis=1, kind="stable")[:, :3].tolist()
+        warming = (count < self.warmup) | young | ~placed.any(axis=1)
         metrics = [k[: -len(".last")] for k in keys]
-        score = novelty.max(axis=1).tolist()
-        weight = rounded(novelty, 3).tolist()  # contributor weights
-        for j, i in enumerate(members):
-            if warming[j]:
-                verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-                continue
-            top = [Contributor(metrics[k], weight[j][k]) for k in order[j]]
-            verdicts[i] = Verdict(score[j], score[j] >= self.threshold, top)
+        score = novelty.max(axis=1)
+        out.set(members, score, score >= self.threshold, warming, metrics, novelty,
+                rounded(novelty, 3))
         # learn: decay the sensor's counts, count the bins of the values placed, move the
         # level and deviation (a metric's first value sets its level, the second its
         # deviation; neither is counted: they have nothing to be placed against)

@@ -58,8 +58,7 @@ import pickle
 import numpy as np
 
 from detectors._rows import FeatureSets, TableSpec
-from detectors.base import Verdict, by_feature_set, gather, last_values, rounded
-from flows.schemas import Contributor
+from detectors.base import BatchScoring, Verdicts, by_feature_set, gather, last_values, rounded
 from flows.windows import ClosedWindow
 
 DEFAULT_THRESHOLD = 6.0
@@ -67,7 +66,7 @@ _SNAPSHOT_VERSION = 3  # 1: one (keys, level, dev, count) entry per sensor; 2: n
 _NO_FIRST = np.iinfo(np.int64).min  # "first" of a sensor row that has not scored a window
 
 
-class SeasonalProfile:
+class SeasonalProfile(BatchScoring):
     """Per-sensor phase-of-period EWMA levels; scores the newest value's deviation."""
 
     name = "seasonal"
@@ -114,20 +113,18 @@ class SeasonalProfile:
         """Phase bucket of the window's newest pane (the pane ends at ``end_ms``)."""
         return int(((end_ms - 1) % self.period_ms) * self.buckets // self.period_ms)
 
-    def score_and_learn(self, batch: list[tuple[str, ClosedWindow]]) -> list[Verdict]:
+    def score_batch(self, batch: list[tuple[str, ClosedWindow]]) -> Verdicts:
         """Score then learn each window; windows of one sensor are taken in order."""
-        verdicts: list[Verdict | None] = [None] * len(batch)
+        out = Verdicts(len(batch))
         for keys, members in by_feature_set(batch, self._sets.keys_of):
-            self._score_group(keys, members, batch, verdicts)
-        return verdicts  # type: ignore[return-value]
+            self._score_group(keys, members, batch, out)
+        return out
 
     def _score_group(
         self, keys: tuple[str, ...], members: list[int],
-        batch: list[tuple[str, ClosedWindow]], verdicts: list[Verdict | None],
+        batch: list[tuple[str, ClosedWindow]], out: Verdicts,
     ) -> None:
-        if not keys:
-            for i in members:
-                verdicts[i] = Verdict(0.0, False, [], warming_up=True)
+        if not keys:  # nothing to judge: warming up
             return
         table = self._sets.table(keys)
         rows = table.rows([batch[i][0] for i in members])
@@ -147,11 +144,11 @@ class SeasonalProfile:
         z = np.where(known, np.abs(np.nan_to_num(resid)) / scale, 0.0)
         young = end - first < self.period_ms  # has not been seen for a full period yet
         warming_at = (count < self.warmup) | young | ~known.any(axis=1)
-        if warming_at.all():  # every sensor's first period (a new fleet's first day)
-            for i in members:
-                verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-        else:
-            self._verdicts(keys, members, z, warming_at.tolist(), verdicts)
+        if not warming_at.all():  # else every sensor's first period (a new fleet's first day)
+            score = z.max(axis=1)
+            metrics = [k[: -len(".last")] for k in keys]
+            out.set(members, score, score >= self.threshold, warming_at, metrics, z,
+                    rounded(z, 3))
         # learn: the deviation from residuals where known, the level where the value is
         absr = np.abs(resid)  # NaN where not known; those rows keep their deviation
         first = np.isnan(dev)  # the metric's first residual sets its deviation
@@ -162,21 +159,6 @@ class SeasonalProfile:
         table["level"][rows, phase] = new_level
         table["dev"][rows] = new_dev
         table["count"][rows] += 1
-
-    def _verdicts(
-        self, keys: tuple[str, ...], members: list[int], z: np.ndarray, warming: list[bool],
-        verdicts: list[Verdict | None],
-    ) -> None:
-        order = np.argsort(-z, axis=1, kind="stable")[:, :3].tolist()
-        metrics = [k[: -len(".last")] for k in keys]
-        zl, shown = z.tolist(), rounded(z, 3).tolist()
-        for j, i in enumerate(members):
-            if warming[j]:
-                verdicts[i] = Verdict(0.0, False, [], warming_up=True)
-                continue
-            top = [Contributor(metrics[m], shown[j][m]) for m in order[j]]
-            score = max(zl[j])
-            verdicts[i] = Verdict(score, score >= self.threshold, top)
 
     def state_bytes(self, sensor_id: str) -> int:
         """Payload bytes of one sensor: levels, deviations, the counter and the first end."""

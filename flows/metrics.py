@@ -30,6 +30,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from detectors.base import Verdicts, verdicts_of
+
 log = logging.getLogger("vigil.metrics")
 
 READINGS = Counter("vigil_readings_total", "Records read from the readings source.")
@@ -164,7 +166,7 @@ def latency_since(produced_ms: int, now: float) -> float:
 
 
 class TimedDetector:
-    """A detector whose ``score_and_learn`` feeds ``vigil_inference_seconds{detector}``.
+    """A detector whose scoring calls feed ``vigil_inference_seconds{detector}``.
 
     Everything else (name, version, snapshot, hot reload) is the wrapped detector's own.
     """
@@ -178,6 +180,14 @@ class TimedDetector:
         t0 = time.perf_counter()
         try:
             return self._inner.score_and_learn(batch)
+        finally:
+            self._seconds.observe(time.perf_counter() - t0)
+
+    def score_batch(self, batch: list) -> Verdicts:
+        """Score and learn as columns (what the ensemble calls), timing the call."""
+        t0 = time.perf_counter()
+        try:
+            return verdicts_of(self._inner, batch)
         finally:
             self._seconds.observe(time.perf_counter() - t0)
 

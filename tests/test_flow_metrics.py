@@ -96,3 +96,5 @@ def test_a_timed_detector_keeps_the_wrapped_detectors_name_version_and_state():
     before = _value("vigil_inference_seconds_count", detector=inner.name)
     assert timed.score_and_learn([]) == []
     assert _value("vigil_inference_seconds_count", detector=inner.name) == before + 1
+    assert timed.score_batch([]).to_list() == []  # the columns the ensemble asks for
+    assert _value("vigil_inference_seconds_count", detector=inner.name) == before + 2
