@@ -520,23 +520,27 @@ class Calibrator:
             self.tail_shape, self.width, self.dtype.name,
         )
 
-    def snapshot(self) -> bytes:
-        """Every sensor's rings and counters, with the parameters they were built under."""
-        return pickle.dumps(
-            (_SNAPSHOT_VERSION, self.params(), self._rows.snapshot()),
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
+    def state(self) -> tuple[int, tuple, tuple[list[str], dict[str, np.ndarray]]]:
+        """Every sensor's rings and counters, with the parameters they were built under, as
+        objects for a caller to pickle inside its own snapshot (the tables may be views of
+        the live ones: pickle them before this calibrator learns again)."""
+        return (_SNAPSHOT_VERSION, self.params(), self._rows.snapshot())
 
-    def restore(self, state: bytes) -> None:
-        """Replace all state with a ``snapshot()``; refuses one taken with another history
-        or width. Snapshots of one-column calibrators from before columns existed (versions
-        1 and 2) restore into a width-1 calibrator."""
+    def snapshot(self) -> bytes:
+        """``state()`` pickled."""
+        return pickle.dumps(self.state(), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, state: bytes | tuple) -> None:
+        """Replace all state with a ``snapshot()`` (or ``state()``); refuses one taken with
+        another history or width. Snapshots of one-column calibrators from before columns
+        existed (versions 1 and 2) restore into a width-1 calibrator."""
         ids, tables = self.loads(state)
         self._rows.restore(ids, tables)
 
-    def loads(self, state: bytes) -> tuple[list[str], dict[str, np.ndarray]]:
-        """A ``snapshot()`` as sensor ids and tables shaped for this calibrator."""
-        version, params, sensors = pickle.loads(state)
+    def loads(self, state: bytes | tuple) -> tuple[list[str], dict[str, np.ndarray]]:
+        """A ``snapshot()`` (or ``state()``) as sensor ids and tables shaped for this
+        calibrator."""
+        version, params, sensors = pickle.loads(state) if isinstance(state, bytes) else state
         if version not in (1, 2, _SNAPSHOT_VERSION):
             raise ValueError(f"calibration snapshot version {version} is not supported")
         if params[0] != self.history:

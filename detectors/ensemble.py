@@ -110,7 +110,9 @@ class CalibrationConfig:
     """A detector's own likelihood at which it is named among those that fired."""
 
 
-_SNAPSHOT_VERSION = 2  # 1 (unversioned): a dict of per-detector calibrator pairs
+# 1 (unversioned): a dict of per-detector calibrator pairs; 2: calibrators as snapshot bytes;
+# 3: calibrators as their state() objects (pickled once, with the rest)
+_SNAPSHOT_VERSION = 3
 
 
 class Ensemble:
@@ -210,28 +212,33 @@ class Ensemble:
         ready = ~warm & (cal.counts(sids).reshape(raw.shape) >= self.config.warmup)
         return np.where(ready, cal.score(sids, raw, warm), np.nan)
 
-    def snapshot(self) -> bytes:
+    def state(self) -> tuple:
         """Detector state keyed by detector name, and both calibrators with their column
-        order (detector names), so a restore can match columns by name."""
-        return pickle.dumps(
-            (
-                _SNAPSHOT_VERSION,
-                {d.name: d.snapshot() for d in self.detectors},
-                self.names,
-                self.held_names,
-                self.held.snapshot(),
-                self.unheld.snapshot(),
-            ),
-            protocol=pickle.HIGHEST_PROTOCOL,
+        order (detector names), so a restore can match columns by name.
+
+        Objects for the caller to pickle once (``ScoreStage.snapshot``): each nested pickle
+        level would copy the whole state again, ~0.1 s per 250 MiB.
+        """
+        return (
+            _SNAPSHOT_VERSION,
+            {d.name: d.snapshot() for d in self.detectors},
+            self.names,
+            self.held_names,
+            self.held.state(),
+            self.unheld.state(),
         )
 
-    def restore(self, state: bytes) -> None:
-        """Load ``snapshot()``; a detector missing from it starts fresh.
+    def snapshot(self) -> bytes:
+        """``state()`` pickled."""
+        return pickle.dumps(self.state(), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, state: bytes | tuple) -> None:
+        """Load ``snapshot()`` (or ``state()``); a detector missing from it starts fresh.
 
         Also takes the format from before the calibrators had one column per detector:
         ``{name: (detector, held calibrator, surprise calibrator)}``.
         """
-        saved = pickle.loads(state)
+        saved = pickle.loads(state) if isinstance(state, bytes) else state
         c = self.config
         if isinstance(saved, dict):  # one one-column calibrator pair per detector
             one = Calibrator(c.history, c.short, c.warmup, dtype=c.precision)
@@ -240,7 +247,7 @@ class Ensemble:
             unheld = {name: (one.loads(u), 0) for name, (_, _, u) in saved.items()}
         else:
             version, detectors, names, held_names, held_state, unheld_state = saved
-            if version != _SNAPSHOT_VERSION:
+            if version not in (2, _SNAPSHOT_VERSION):  # 2 holds calibrator bytes: loads takes both
                 raise ValueError(f"ensemble snapshot version {version} is not supported")
             h = Calibrator(c.history, c.short, c.warmup, width=max(1, len(held_names)),
                            dtype=c.precision).loads(held_state)

@@ -165,14 +165,14 @@ class ScoreStage:
         return out
 
     def snapshot(self) -> bytes:
-        """Ensemble state plus open and pending incidents."""
+        """Ensemble state plus open and pending incidents, pickled once (not nested)."""
         return pickle.dumps(
-            (self.ensemble.snapshot(), self.policy.open, self.policy.pending),
+            (self.ensemble.state(), self.policy.open, self.policy.pending),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     def restore(self, state: bytes) -> None:
-        """Load state from ``snapshot()``."""
+        """Load state from ``snapshot()`` (also one holding the ensemble as bytes)."""
         ensemble_state, open_incidents, pending = pickle.loads(state)
         self.ensemble.restore(ensemble_state)
         self.policy.open = dict[str, Incident](open_incidents)

@@ -206,3 +206,41 @@ def test_a_surprise_only_detector_shapes_surprise_but_never_the_held_likelihood(
     restored = Ensemble([_Replay("a", a), _SurpriseOnly("b", b)])  # type: ignore[list-item]
     restored.restore(both.snapshot())
     assert restored.unheld.seen("s", 1) == both.unheld.seen("s", 1) > 300
+
+
+def test_a_score_stage_snapshot_of_the_nested_layout_resumes_identically() -> None:
+    """Recovery stores written before snapshots were pickled once hold the ensemble as bytes
+    inside the stage's pickle, and each calibrator as bytes inside the ensemble's (version
+    2). They restore and score the next windows exactly as the flattened layout does."""
+    from detectors.policy import AlertPolicy
+    from flows.schemas import encoder
+    from flows.stages import ScoreStage
+
+    fx = _fixture()
+    cfg = CalibrationConfig(**fx["config"])
+
+    def stage() -> ScoreStage:
+        dets = [_FeatureDetector("a"), _FeatureDetector("b")]
+        return ScoreStage(Ensemble(dets, cfg), AlertPolicy(0.9999))  # type: ignore[arg-type]
+
+    warm = stage()
+    warm.ensemble.restore(fx["snapshot"])
+    for batch in fx["later"][:20]:
+        warm.process(_windows(batch))
+    e = warm.ensemble
+    version2 = pickle.dumps((
+        2, {d.name: d.snapshot() for d in e.detectors}, e.names, e.held_names,
+        e.held.snapshot(), e.unheld.snapshot(),
+    ))
+    nested = pickle.dumps((version2, warm.policy.open, warm.policy.pending))
+    flat = warm.snapshot()
+    assert isinstance(pickle.loads(flat)[0], tuple)  # the ensemble is not pickled twice
+    old, new = stage(), stage()
+    old.restore(nested)
+    new.restore(flat)
+    judged = 0
+    for batch in fx["later"][20:]:
+        a, b = old.process(_windows(batch)), new.process(_windows(batch))
+        assert encoder.encode((a.scores, a.alerts)) == encoder.encode((b.scores, b.alerts))
+        judged += len(a.scores)
+    assert judged > 50
