@@ -9,6 +9,7 @@ bytes; ``restore`` rebuilds identical behaviour.
 
 from __future__ import annotations
 
+import io
 import pickle
 import zlib
 from collections.abc import Iterable
@@ -20,6 +21,18 @@ from detectors.ensemble import Ensemble
 from detectors.policy import AlertPolicy, Incident
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord
 from flows.windows import ClosedWindow, WindowSpec, WindowStore
+
+
+def pickle_after(prefix: bytes, state: object) -> bytes:
+    """``prefix`` then ``state`` pickled, with no copy of the pickle to put the prefix first.
+
+    ``BytesIO.getvalue()`` hands over its buffer instead of copying it, and a pickle writes
+    large buffers straight into the file, so the state is copied once in all.
+    """
+    buf = io.BytesIO()
+    buf.write(prefix)
+    pickle.dump(state, buf, protocol=pickle.HIGHEST_PROTOCOL)
+    return buf.getvalue()
 
 
 def shard_of(sensor_id: str, shards: int) -> str:
@@ -105,12 +118,14 @@ class FeatureStage:
             sensor_id=r.sensor_id,
         )
 
-    def snapshot(self) -> bytes:
-        """Every sensor's window state (``WindowStore.snapshot``)."""
-        return self.windows.snapshot()
+    def snapshot(self, prefix: bytes = b"") -> bytes:
+        """Every sensor's window state (``WindowStore.state``), pickled after ``prefix``."""
+        return pickle_after(prefix, self.windows.state())
 
     @classmethod
-    def restore(cls, spec: WindowSpec, state: bytes, source_topic: str = "") -> FeatureStage:
+    def restore(
+        cls, spec: WindowSpec, state: bytes | memoryview, source_topic: str = ""
+    ) -> FeatureStage:
         """Rebuild from ``snapshot()``."""
         stage = cls(spec, source_topic)
         stage.windows = WindowStore.restore(spec, state)
@@ -164,14 +179,14 @@ class ScoreStage:
                 out.alerts.append(alert)
         return out
 
-    def snapshot(self) -> bytes:
-        """Ensemble state plus open and pending incidents, pickled once (not nested)."""
-        return pickle.dumps(
-            (self.ensemble.state(), self.policy.open, self.policy.pending),
-            protocol=pickle.HIGHEST_PROTOCOL,
+    def snapshot(self, prefix: bytes = b"") -> bytes:
+        """Ensemble state plus open and pending incidents, pickled once (not nested) after
+        ``prefix``."""
+        return pickle_after(
+            prefix, (self.ensemble.state(), self.policy.open, self.policy.pending)
         )
 
-    def restore(self, state: bytes) -> None:
+    def restore(self, state: bytes | memoryview) -> None:
         """Load state from ``snapshot()`` (also one holding the ensemble as bytes)."""
         ensemble_state, open_incidents, pending = pickle.loads(state)
         self.ensemble.restore(ensemble_state)

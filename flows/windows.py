@@ -735,12 +735,17 @@ class WindowStore:
 
     # -- recovery ----------------------------------------------------------------------------
     def snapshot(self) -> bytes:
+        """``state()`` pickled."""
+        return pickle.dumps(self.state(), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def state(self) -> tuple[Any, ...]:
         """Compact state: per sensor its clocks and metrics, and only the live panes.
 
         A few packed arrays per shard (no per-sensor Python objects), which is what makes
         pickling 100,000 sensors fast. Stale ring slots are left out, and the time statistics
         of a pane (count, Σt, Σt², last t), which all metrics of a reading share, are stored
-        once per sensor and pane, with only the metrics that differ kept on their own.
+        once per sensor and pane, with only the metrics that differ kept on their own. Some
+        arrays are views of the live ones: pickle the state before the store changes.
         """
         n, nc_cells, k, ring = self._n_sensors, self._n_cells, self._k, self._ring
         nc = self._next_close[:n]
@@ -778,12 +783,11 @@ class WindowStore:
         packed = tuple(
             (a.dtype.char, pickle.PickleBuffer(np.ascontiguousarray(a))) for a in arrays
         )
-        state = (_FORMAT, self.spec.hop_ms, k, self._sids, self._metrics, packed,
-                 self.spec.stagger_ms)
-        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        return (_FORMAT, self.spec.hop_ms, k, self._sids, self._metrics, packed,
+                self.spec.stagger_ms)
 
     @classmethod
-    def restore(cls, spec: WindowSpec, blob: bytes) -> WindowStore:
+    def restore(cls, spec: WindowSpec, blob: bytes | memoryview) -> WindowStore:
         """Rebuild from ``snapshot()`` output (or from a recovery store of per-sensor objects)."""
         state = pickle.loads(blob)
         if isinstance(state, dict):

@@ -129,6 +129,33 @@ def test_a_recovery_store_from_another_shard_count_is_refused_with_a_clear_messa
         untag_state(tag_state(b"x", 16), 8)
 
 
+def test_a_stage_pickles_its_state_straight_after_the_shard_tag_restoring_the_same_stage():
+    """The tag is written first and the state pickled after it (no copy of the snapshot to
+    put it in front): the bytes are exactly the tagged snapshot, and restore from them."""
+    from detectors.factory import build_score_stage
+    from flows.detect import state_tag, tag_state, untag_state
+    from flows.stages import FeatureStage, ScoreStage
+    from flows.windows import WindowSpec
+
+    spec = WindowSpec(300_000, 60_000, 60_000)
+    features, scores = FeatureStage(spec), build_score_stage(FAST)
+    readings = synthetic_readings()
+    windows = []
+    for i in range(0, len(readings), 400):
+        windows += features.process([readings[i : i + 400]]).windows
+    assert windows
+    scores.process(windows)
+    for stage in (features, scores):
+        tagged = stage.snapshot(prefix=state_tag(8))
+        assert tagged == tag_state(stage.snapshot(), 8)
+        assert isinstance(untag_state(tagged, 8), memoryview)  # not a copy
+    again = FeatureStage.restore(spec, untag_state(features.snapshot(prefix=state_tag(8)), 8))
+    assert again.snapshot() == features.snapshot()
+    restored: ScoreStage = build_score_stage(FAST)
+    restored.restore(untag_state(scores.snapshot(prefix=state_tag(8)), 8))
+    assert len(restored.ensemble.unheld) == len(scores.ensemble.unheld) > 0
+
+
 def test_readings_are_grouped_by_their_stable_shard_in_arrival_order_also_past_the_memo_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
