@@ -29,7 +29,6 @@ from types import ModuleType
 from flows.settings import Settings, parse_duration
 from flows.simulator import DEFAULT_METRICS, Fleet
 from flows.stages import FeatureStage, group_by_shard
-from flows.windows import WindowSpec
 
 
 def load_revision(rev: str, into: Path) -> ModuleType:
@@ -75,11 +74,7 @@ def run(
     settings = Settings(sim_interval=parse_duration("10s"))
     fleet = Fleet(sensors=sensors, metrics=list(DEFAULT_METRICS[:4]), seed=1,
                   interval=settings.sim_interval)
-    spec = WindowSpec(
-        round(settings.window_length.total_seconds() * 1000),
-        round(settings.window_hop.total_seconds() * 1000),
-        round(settings.allowed_lateness.total_seconds() * 1000),
-    )
+    spec = settings.window_spec()
     new_st: dict[str, FeatureStage] = {}
     old_st: dict[str, object] = {}
     t_new = t_old = 0.0

@@ -24,7 +24,6 @@ from detectors.factory import build_score_stage
 from flows.settings import Settings, parse_duration
 from flows.simulator import DEFAULT_METRICS, Fleet
 from flows.stages import FeatureStage, ScoreStage, group_by_shard
-from flows.windows import WindowSpec
 
 
 def measure(
@@ -35,11 +34,7 @@ def measure(
     extra = [f"m{i}" for i in range(len(DEFAULT_METRICS), metrics)]
     names = list(DEFAULT_METRICS[:metrics]) + extra
     fleet = Fleet(sensors=sensors, metrics=names, seed=1, interval=settings.sim_interval)
-    spec = WindowSpec(
-        round(settings.window_length.total_seconds() * 1000),
-        round(settings.window_hop.total_seconds() * 1000),
-        round(settings.allowed_lateness.total_seconds() * 1000),
-    )
+    spec = settings.window_spec()
     feats: dict[str, FeatureStage] = {}
     scorers: dict[str, ScoreStage] = {}
 

@@ -15,7 +15,6 @@ file only wires it.
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 import time
@@ -32,10 +31,11 @@ from bytewax.operators import StatefulBatchLogic
 from detectors.factory import DetectorConfigError, build_detectors, build_score_stage
 from flows import logs, metrics
 from flows.decode import BatchDecoder, DecodedBatch, RawBatch
+from flows.runtime import tune_garbage_collector
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord, encoder
 from flows.settings import Settings, SettingsError
 from flows.stages import FeatureOutput, FeatureStage, ScoreOutput, ScoreStage, group_by_shard
-from flows.windows import ClosedWindow, WindowSpec
+from flows.windows import ClosedWindow
 
 log = logging.getLogger("vigil.flow")
 
@@ -251,12 +251,7 @@ def build_flow(
     :func:`recovery_configured`.
     """
     keep = recovery_configured() if snapshots is None else snapshots
-    spec = WindowSpec(
-        length_ms=round(settings.window_length.total_seconds() * 1000),
-        hop_ms=round(settings.window_hop.total_seconds() * 1000),
-        lateness_ms=round(settings.allowed_lateness.total_seconds() * 1000),
-        stagger_ms=round(settings.window_stagger.total_seconds() * 1000),
-    )
+    spec = settings.window_spec()
     decoder = BatchDecoder(
         settings.max_record_bytes, round(settings.max_future.total_seconds() * 1000)
     )
@@ -402,31 +397,6 @@ def _load() -> Dataflow:
         raise SystemExit(2) from None
     tune_garbage_collector()
     return built
-
-
-# Tracked allocations between two young-generation collections (CPython's default: 700).
-# The flow allocates ~6 tracked objects per reading (a `Reading`, its batch lists, window and
-# score records), so at the default a batch of 1,000 readings set off ~9 young collections,
-# each walking every young object still alive (the whole batch), promoting them to be walked
-# again by the older generations: ~2.6 µs per reading, a fifth of the feature path's time.
-# At 50,000 the batch's objects are mostly freed by reference counting before any
-# collection looks at them; cyclic garbage waits for at most 50,000 allocations.
-GC_YOUNG_THRESHOLD = 50_000
-
-
-def tune_garbage_collector() -> None:
-    """Freeze the start-up heap, then collect the young generation rarely.
-
-    Why freeze: numpy, River, ONNX Runtime, Bytewax and the rest leave ~100,000 tracked
-    objects, and every full collection walks them all: a ~55 ms pause on this machine, taken
-    in the middle of whichever batch triggered it, so it lands on the p99 latency. Frozen
-    objects are never collected, so start-up garbage is collected first and this runs once.
-    Why a higher threshold: see ``GC_YOUNG_THRESHOLD``.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 flow = _load()

@@ -13,7 +13,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.windows import WindowSpec
 
 PREFIX = "VIGIL_"
 
@@ -600,6 +603,16 @@ class Settings:
     def embedded(self) -> bool:
         """True when no broker is configured: the flow runs on the simulated fleet."""
         return not self.brokers
+
+    def window_spec(self) -> WindowSpec:
+        """The window settings in integer milliseconds, as the window store works in them."""
+        from flows.windows import WindowSpec  # numpy: only where windows are computed
+
+        def ms(d: timedelta) -> int:
+            return round(d.total_seconds() * 1000)
+
+        return WindowSpec(ms(self.window_length), ms(self.window_hop),
+                          ms(self.allowed_lateness), ms(self.window_stagger))
 
     def kafka_config(self) -> dict[str, str]:
         """Settings mapped onto librdkafka keys, shared by every consumer, producer and admin."""

@@ -14,8 +14,9 @@ from bytewax.dataflow import Dataflow
 
 from bench.peers_impl import mark_first
 from flows.decode import BatchDecoder, RawBatch
-from flows.detect import _by_shard, _WindowedFeatures, tune_garbage_collector
+from flows.detect import _by_shard, _WindowedFeatures
 from flows.kafka import ReadingsSource, TopicSink
+from flows.runtime import tune_garbage_collector
 from flows.schemas import encoder
 from flows.settings import Settings
 from flows.stages import FeatureStage
