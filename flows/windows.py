@@ -760,7 +760,7 @@ class WindowStore:
         sp_of = np.full((n, ring), -1, np.int64)
         sp_of[ps, prs] = np.arange(len(ps))
         sp = sp_of[owner[cs], crs]
-        times = stats[:, _TIMES]
+        times = np.take(stats, _TIMES, axis=1)  # C order; stats[:, _TIMES] is Fortran
         shared = np.zeros((len(ps), len(_TIMES)), np.float64)
         shared[sp] = times  # one of each sensor pane's cells (which one does not matter)
         odd = np.logical_or.reduce(times != shared[sp], axis=1).nonzero()[0]
@@ -774,7 +774,7 @@ class WindowStore:
             _small(np.round(shared[:, 3] * 1000).astype(np.int64)), shared[:, 1:3],
             _count(c_live, axis=1).astype(per),
             (self._cell_pane[:nc_cells][cs, crs] - low[owner[cs]]).astype(rel),
-            stats[:, _VALUES],
+            np.take(stats, _VALUES, axis=1),
             _small(odd), _small(times[odd, 0].astype(np.int64)),
             _small(np.round(times[odd, 3] * 1000).astype(np.int64)), times[odd, 1:3],
         )
