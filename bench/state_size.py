@@ -61,8 +61,10 @@ def measure(
         "stage_us_per_reading": busy / readings * 1e6,
     }
     for name, stages in (("features", feats), ("scores", scorers)):
-        times, blobs = [], []
+        times: list[float] = []
+        blobs: list[bytes] = []
         for _ in range(3):
+            blobs = []  # freed first, as the flow's previous snapshot is gone by the next epoch
             t0 = time.perf_counter()
             blobs = [s.snapshot() for s in stages.values()]
             times.append(time.perf_counter() - t0)
