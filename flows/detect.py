@@ -56,7 +56,7 @@ Outputs = Callable[[FlowStreams], None]
 
 class _SnapshotsStage:
     """What both stateful steps snapshot: their stage's state, timed and tagged with the
-    shard count (:func:`tag_state`), or nothing when there is no recovery store."""
+    shard count (:func:`state_tag`), or nothing when there is no recovery store."""
 
     stage: FeatureStage | ScoreStage
     snapshots: bool
@@ -179,11 +179,6 @@ def state_tag(shards: int) -> bytes:
     sensors it holds. Stages pickle their state straight after it (``prefix``): adding it
     to finished bytes would copy the whole snapshot once more (~0.5 s per GiB)."""
     return _STATE_MAGIC + shards.to_bytes(4, "big")
-
-
-def tag_state(state: bytes, shards: int) -> bytes:
-    """``state`` after its :func:`state_tag` (what a stage's ``snapshot(prefix=...)`` gives)."""
-    return state_tag(shards) + state
 
 
 def untag_state(state: bytes, shards: int) -> bytes | memoryview:

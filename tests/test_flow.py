@@ -115,7 +115,7 @@ def test_fast_settings_are_valid():
 def test_a_recovery_store_from_another_shard_count_is_refused_with_a_clear_message(tmp_path):
     import dataclasses
 
-    from flows.detect import ShardCountMismatch, tag_state, untag_state
+    from flows.detect import ShardCountMismatch, state_tag, untag_state
 
     batches = to_batches(encode_all(synthetic_readings()), size=400)
     store = init_recovery(tmp_path / "rec")
@@ -123,17 +123,17 @@ def test_a_recovery_store_from_another_shard_count_is_refused_with_a_clear_messa
     run_flow(items, settings=dataclasses.replace(FAST, state_shards=16), recovery_dir=store)
     with pytest.raises(Exception, match="VIGIL_STATE_SHARDS=16, this flow runs with 8"):
         run_flow(items, settings=dataclasses.replace(FAST, state_shards=8), recovery_dir=store)
-    assert untag_state(tag_state(b"x", 8), 8) == b"x"
+    assert untag_state(state_tag(8) + b"x", 8) == b"x"
     assert untag_state(b"untagged, from before", 8) == b"untagged, from before"
     with pytest.raises(ShardCountMismatch):
-        untag_state(tag_state(b"x", 16), 8)
+        untag_state(state_tag(16) + b"x", 8)
 
 
 def test_a_stage_pickles_its_state_straight_after_the_shard_tag_restoring_the_same_stage():
     """The tag is written first and the state pickled after it (no copy of the snapshot to
     put it in front): the bytes are exactly the tagged snapshot, and restore from them."""
     from detectors.factory import build_score_stage
-    from flows.detect import state_tag, tag_state, untag_state
+    from flows.detect import state_tag, untag_state
     from flows.stages import FeatureStage, ScoreStage
     from flows.windows import WindowSpec
 
@@ -147,7 +147,7 @@ def test_a_stage_pickles_its_state_straight_after_the_shard_tag_restoring_the_sa
     scores.process(windows)
     for stage in (features, scores):
         tagged = stage.snapshot(prefix=state_tag(8))
-        assert tagged == tag_state(stage.snapshot(), 8)
+        assert tagged == state_tag(8) + stage.snapshot()
         assert isinstance(untag_state(tagged, 8), memoryview)  # not a copy
     again = FeatureStage.restore(spec, untag_state(features.snapshot(prefix=state_tag(8)), 8))
     assert again.snapshot() == features.snapshot()
