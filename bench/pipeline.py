@@ -31,7 +31,7 @@ from flows.runtime import tune_garbage_collector
 from flows.schemas import encoder
 from flows.settings import Settings
 from flows.simulator import DEFAULT_METRICS, Fleet
-from flows.stages import FeatureStage, ScoreStage, group_by_shard, shard_of
+from flows.stages import FeatureStage, ScoreStage, group_by_shard, shard_key
 
 STEPS = ("decode", "shard", "features", "scoring", "encode")
 
@@ -58,7 +58,7 @@ def run_once(records: list[bytes], settings: Settings, batch: int) -> dict[str, 
     decoder = BatchDecoder(settings.max_record_bytes, 10**13)  # simulated time is in the past
     shards = settings.state_shards
     # every shard's stages built first, as the flow builds them when it starts
-    keys = sorted({shard_of(f"s{i}", shards) for i in range(64 * shards)})
+    keys = [shard_key(i) for i in range(shards)]
     feats = {key: FeatureStage(spec) for key in keys}
     scorers: dict[str, ScoreStage] = {key: build_score_stage(settings) for key in keys}
     batches = [

@@ -35,9 +35,14 @@ def pickle_after(prefix: bytes, state: object) -> bytes:
     return buf.getvalue()
 
 
+def shard_key(shard: int) -> str:
+    """The key of shard number ``shard`` (what Bytewax routes and stores state by)."""
+    return f"{shard:04d}"
+
+
 def shard_of(sensor_id: str, shards: int) -> str:
     """Stable shard key (crc32, not Python's salted ``hash``) so state finds its shard again."""
-    return f"{zlib.crc32(sensor_id.encode()) % shards:04d}"
+    return shard_key(zlib.crc32(sensor_id.encode()) % shards)
 
 
 _SHARD_MEMO_LIMIT = 1 << 20  # sensor ids remembered per shard count before starting over
