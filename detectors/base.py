@@ -83,10 +83,9 @@ class Verdicts:
         """Window ``i``'s contributors, built now."""
         if self._lists is not None:
             return self._lists[i]
-        t = self._table[i]
-        if t < 0 or self.warming_up[i]:
+        if self.warming_up[i]:  # also every window never set
             return []
-        metrics, top, shown = self._tables[t]
+        metrics, top, shown = self._tables[self._table[i]]
         j = self._row[i]
         row = shown[j].tolist()
         return [Contributor(metrics[k], row[k]) for k in top[j].tolist()]
