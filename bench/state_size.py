@@ -21,6 +21,7 @@ from datetime import timedelta
 from tqdm import tqdm
 
 from detectors.factory import build_score_stage
+from flows.runtime import keep_freed_memory
 from flows.settings import Settings, parse_duration
 from flows.simulator import DEFAULT_METRICS, Fleet
 from flows.stages import FeatureStage, ScoreStage, group_by_shard
@@ -115,10 +116,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="state shards (default: VIGIL_STATE_SHARDS's default)")
     p.add_argument("--detectors", default=None,
                    help="comma-separated detectors (default: VIGIL_DETECTORS)")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="tune malloc as the flow does with VIGIL_KEEP_FREED_MEMORY (default: "
+                        "on; --no-keep-freed-memory measures glibc's defaults)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    settings = Settings(sim_interval=parse_duration(args.interval))
+    settings = Settings(sim_interval=parse_duration(args.interval),
+                        keep_freed_memory=args.keep_freed_memory)
+    if settings.keep_freed_memory:
+        keep_freed_memory()
     if args.detectors:
         settings = dataclasses.replace(settings, detectors=args.detectors)
         settings.validate()

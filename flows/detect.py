@@ -31,7 +31,7 @@ from bytewax.operators import StatefulBatchLogic
 from detectors.factory import DetectorConfigError, build_detectors, build_score_stage
 from flows import logs, metrics
 from flows.decode import BatchDecoder, DecodedBatch, RawBatch
-from flows.runtime import tune_garbage_collector
+from flows.runtime import keep_freed_memory, tune_garbage_collector
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord, encoder
 from flows.settings import Settings, SettingsError
 from flows.stages import FeatureOutput, FeatureStage, ScoreOutput, ScoreStage, group_by_shard
@@ -384,6 +384,8 @@ def _load() -> Dataflow:
         "windows: length=%s hop=%s allowed_lateness=%s shards=%s",
         *(shown[k] for k in ("window_length", "window_hop", "allowed_lateness", "state_shards")),
     )
+    if settings.keep_freed_memory and not keep_freed_memory():
+        log.info("VIGIL_KEEP_FREED_MEMORY has no effect here: the C library is not glibc")
     metrics.serve(settings.metrics_port)
     try:
         built = build_flow(settings)

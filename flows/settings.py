@@ -410,6 +410,14 @@ class Settings:
     metrics_port: int = _doc(
         "Port of the flow's Prometheus /metrics endpoint; 0 turns it off.", default=0
     )
+    keep_freed_memory: bool = _doc(
+        "Let the flow process keep memory it freed for reuse (glibc malloc: no mmap per large "
+        "block, no trimming) instead of handing it back to the OS at once, so recovery "
+        "snapshots and restores write into pages already mapped: about twice as fast for "
+        "large fleets (docs/benchmarks.md). Resident memory then stays near its peak. No "
+        "effect outside glibc on Linux.",
+        default=True,
+    )
 
     # ----------------------------------------------------------------------------------------
     @classmethod
