@@ -138,12 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs; the median is shown")
     p.add_argument("--detectors", default=None,
                    help="comma-separated detectors (default: VIGIL_DETECTORS)")
+    p.add_argument("--shards", type=int, default=Settings().state_shards,
+                   help="state shards (default: VIGIL_STATE_SHARDS's default)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if min(args.sensors, args.metrics, args.batch, args.repeat) < 1 or args.minutes <= 0:
-        p.error("--sensors, --metrics, --batch, --repeat and --minutes must be positive")
-    settings = Settings()
+    if min(args.sensors, args.metrics, args.batch, args.repeat, args.shards) < 1 \
+            or args.minutes <= 0:
+        p.error("--sensors, --metrics, --batch, --repeat, --shards and --minutes must be "
+                "positive")
+    settings = Settings(state_shards=args.shards)
     if args.detectors:
         settings = dataclasses.replace(settings, detectors=args.detectors)
         settings.validate()

@@ -27,6 +27,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from detectors.factory import DetectorConfigError, build_detectors, build_score_stage
 from flows import logs, metrics
@@ -290,7 +291,43 @@ def build_flow(
     dead = op.merge("dead_letters", invalid, late)
     windows = op.flat_map("closed_windows", features, lambda kv: kv[1].out.windows)
     (outputs or _default_outputs(settings))(FlowStreams(alerts, scores, dead, windows))
+    op.output(
+        "check_workers_against_shards", op.filter("nothing", raw, lambda _: False),
+        WorkerCensus(shards),
+    )
     return flow
+
+
+# Shards per worker below which Bytewax's hashing of shard keys leaves workers unevenly
+# loaded (measured: 8 shards over 2 workers split 5:3, 2 shards both on one worker).
+SHARDS_PER_WORKER = 4
+
+
+class _NoOutput(StatelessSinkPartition[Any]):
+    def write_batch(self, items: list[Any]) -> None:
+        pass
+
+
+class WorkerCensus(DynamicSink[Any]):
+    """Receives nothing; every worker builds it once at start, which is where a flow learns
+    how many workers run it. Warns when there are too few state shards to keep them all busy
+    (a worker without a shard reads and decodes, but windows and scores nothing)."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _NoOutput:
+        if worker_index == 0 and worker_count > 1 and (
+            self.shards < SHARDS_PER_WORKER * worker_count
+        ):
+            log.warning(
+                "VIGIL_STATE_SHARDS=%d for %d workers: state shards are what Bytewax spreads "
+                "over workers, so some workers will hold little or no state. Set "
+                "VIGIL_STATE_SHARDS to at least %d (with a fresh recovery store), or run "
+                "independent instances instead (VIGIL_INSTANCES, docs/operations.md)",
+                self.shards, worker_count, SHARDS_PER_WORKER * worker_count,
+            )
+        return _NoOutput()
 
 
 def _default_source(settings: Settings) -> Source[RawBatch]:

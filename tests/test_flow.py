@@ -200,3 +200,38 @@ def test_loading_the_flow_freezes_the_start_up_heap_and_collects_the_young_gener
     assert frozen > 50_000
     assert young >= 10_000
     assert collect_ms < 20.0  # ~55 ms with the start-up heap in sight
+
+
+@pytest.mark.parametrize(("workers", "shards", "warned"), [
+    (2, 1, True),   # one shard: the second worker would hold no state at all
+    (2, 4, True),   # Bytewax's key hashing spreads a few shards unevenly
+    (2, 8, False),
+    (1, 1, False),  # the default: one worker, one shard
+])
+def test_the_flow_warns_at_start_when_workers_outnumber_what_its_shards_can_keep_busy(
+    caplog, workers, shards, warned
+):
+    import dataclasses
+
+    from bytewax.testing import cluster_main
+
+    from flows.detect import build_flow
+
+    got: list = []
+
+    def outputs(s) -> None:
+        import bytewax.operators as op
+        from bytewax.testing import TestingSink
+
+        op.output("collect_alerts", s.alerts, TestingSink(got))
+
+    items = to_batches(encode_all(synthetic_readings(sensors=3, seconds=30)))
+    flow = build_flow(dataclasses.replace(FAST, state_shards=shards), TestingSource(items),
+                      outputs)
+    with caplog.at_level("WARNING", logger="vigil.flow"):
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    msgs = [r.getMessage() for r in caplog.records if "VIGIL_STATE_SHARDS" in r.getMessage()]
+    assert bool(msgs) == warned
+    if warned:
+        assert f"VIGIL_STATE_SHARDS={shards} for {workers} workers" in msgs[0]
+        assert f"at least {4 * workers}" in msgs[0]
