@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from detectors.factory import build_score_stage
 from flows.decode import BatchDecoder, RawBatch
-from flows.runtime import keep_freed_memory, tune_garbage_collector
+from flows.runtime import tune_garbage_collector
 from flows.schemas import encoder
 from flows.settings import Settings
 from flows.simulator import DEFAULT_METRICS, Fleet
@@ -70,8 +70,6 @@ def run_once(records: list[bytes], settings: Settings, batch: int) -> dict[str, 
     counts = {"windows": 0, "scores": 0, "alerts": 0, "dead": 0}
     clock = time.process_time
     tune_garbage_collector()
-    if settings.keep_freed_memory:
-        keep_freed_memory()
     for raw in batches:
         t0 = clock()
         decoded = decoder(raw)

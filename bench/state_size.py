@@ -61,6 +61,8 @@ def measure(
         "sensors": sensors, "metrics": metrics, "shards": shards, "readings": readings,
         "stage_us_per_reading": busy / readings * 1e6,
     }
+    if settings.keep_freed_memory:
+        keep_freed_memory()  # as the flow does from its first snapshot on
     for name, stages in (("features", feats), ("scores", scorers)):
         times: list[float] = []
         blobs: list[bytes] = []
@@ -117,15 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detectors", default=None,
                    help="comma-separated detectors (default: VIGIL_DETECTORS)")
     p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="tune malloc as the flow does with VIGIL_KEEP_FREED_MEMORY (default: "
-                        "on; --no-keep-freed-memory measures glibc's defaults)")
+                   help="keep freed memory from the first snapshot on, as the flow does with "
+                        "VIGIL_KEEP_FREED_MEMORY (default: on; --no-keep-freed-memory "
+                        "measures glibc's defaults); restores are then timed with it on")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     settings = Settings(sim_interval=parse_duration(args.interval),
                         keep_freed_memory=args.keep_freed_memory)
-    if settings.keep_freed_memory:
-        keep_freed_memory()
     if args.detectors:
         settings = dataclasses.replace(settings, detectors=args.detectors)
         settings.validate()

@@ -32,7 +32,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from detectors.factory import DetectorConfigError, build_detectors, build_score_stage
 from flows import logs, metrics
 from flows.decode import BatchDecoder, DecodedBatch, RawBatch
-from flows.runtime import keep_freed_memory, tune_garbage_collector
+from flows.runtime import keep_freed_memory_from_now, tune_garbage_collector
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord, encoder
 from flows.settings import Settings, SettingsError
 from flows.stages import FeatureOutput, FeatureStage, ScoreOutput, ScoreStage, group_by_shard
@@ -62,11 +62,14 @@ class _SnapshotsStage:
     stage: FeatureStage | ScoreStage
     snapshots: bool
     shards: int
+    keep_memory: bool = False
     _snapshot_seconds: Any
 
     def snapshot(self) -> bytes:
         if not self.snapshots:
             return b""  # no recovery store: Bytewax would only discard it
+        if self.keep_memory:
+            keep_freed_memory_from_now()  # after any restore: see flows.runtime
         t0 = time.perf_counter()
         state = self.stage.snapshot(prefix=state_tag(self.shards) if self.shards else b"")
         self._snapshot_seconds.observe(time.perf_counter() - t0)
@@ -84,10 +87,14 @@ class _Features:
 class _WindowedFeatures(
     _SnapshotsStage, StatefulBatchLogic[tuple[int, list[Reading]], _Features, bytes]
 ):
-    def __init__(self, stage: FeatureStage, snapshots: bool = True, shards: int = 0) -> None:
+    def __init__(
+        self, stage: FeatureStage, snapshots: bool = True, shards: int = 0,
+        keep_memory: bool = False,
+    ) -> None:
         self.stage = stage
         self.snapshots = snapshots
         self.shards = shards
+        self.keep_memory = keep_memory
         self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels("windowed_features")
 
     def on_batch(self, values: list[tuple[int, list[Reading]]]) -> tuple[list[_Features], bool]:
@@ -107,10 +114,14 @@ class _WindowedFeatures(
 
 
 class _ScoreWindows(_SnapshotsStage, StatefulBatchLogic[_Features, ScoreOutput, bytes]):
-    def __init__(self, stage: ScoreStage, snapshots: bool = True, shards: int = 0) -> None:
+    def __init__(
+        self, stage: ScoreStage, snapshots: bool = True, shards: int = 0,
+        keep_memory: bool = False,
+    ) -> None:
         self.stage = stage
         self.snapshots = snapshots
         self.shards = shards
+        self.keep_memory = keep_memory
         stage.ensemble.detectors = metrics.timed(stage.ensemble.detectors)
         self._version: str | None = None
         self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels("score_windows")
@@ -262,17 +273,19 @@ def build_flow(
 
     shards = settings.state_shards
 
+    remember = settings.keep_freed_memory
+
     def new_features(state: bytes | None) -> _WindowedFeatures:
         if state is None:
-            return _WindowedFeatures(FeatureStage(spec, topic), keep, shards)
+            return _WindowedFeatures(FeatureStage(spec, topic), keep, shards, remember)
         stage = FeatureStage.restore(spec, untag_state(state, shards), topic)
-        return _WindowedFeatures(stage, keep, shards)
+        return _WindowedFeatures(stage, keep, shards, remember)
 
     def new_scorer(state: bytes | None) -> _ScoreWindows:
         stage = build_score_stage(settings)
         if state is not None:
             stage.restore(untag_state(state, shards))
-        return _ScoreWindows(stage, keep, shards)
+        return _ScoreWindows(stage, keep, shards, remember)
 
     flow = Dataflow("vigil_detect")
     raw = op.input("read_readings", flow, source or _default_source(settings))
@@ -421,8 +434,6 @@ def _load() -> Dataflow:
         "windows: length=%s hop=%s allowed_lateness=%s shards=%s",
         *(shown[k] for k in ("window_length", "window_hop", "allowed_lateness", "state_shards")),
     )
-    if settings.keep_freed_memory and not keep_freed_memory():
-        log.info("VIGIL_KEEP_FREED_MEMORY has no effect here: the C library is not glibc")
     metrics.serve(settings.metrics_port)
     try:
         built = build_flow(settings)

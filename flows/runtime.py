@@ -7,7 +7,9 @@ entry points that run the stages can apply exactly the same tuning.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
+import logging
 import sys
 
 # Tracked allocations between two young-generation collections (CPython's default: 700).
@@ -49,10 +51,10 @@ def keep_freed_memory() -> bool:
     when freed. A recovery snapshot is made of such blocks (each shard's state pickled into
     one buffer, ~100 MiB per shard at 100,000 sensors), so every snapshot wrote into new
     pages, and the kernel zeroed and mapped each 4 KiB page on first touch. Measured at
-    100,000 sensors in steady state, a snapshot of every shard took 1.00 s with glibc's
-    defaults and 0.74 s with freed memory kept (docs/benchmarks.md). The price: the
-    process's resident memory stays near its peak (the state, a snapshot and Bytewax's copy
-    of it) instead of shrinking between snapshots.
+    100,000 sensors in steady state, a snapshot of the whole state took 0.85 s with glibc's
+    defaults and 0.43 s with freed memory kept (one shard; 1.00 and 0.74 s with eight;
+    docs/benchmarks.md). The price: the process's resident memory stays near its peak (a
+    snapshot and Bytewax's copy of it, or what a restore needed) instead of shrinking.
 
     Returns whether the setting took effect: only with glibc on Linux; elsewhere (musl,
     macOS) nothing changes.
@@ -68,3 +70,22 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
+
+
+@functools.cache
+def keep_freed_memory_from_now() -> bool:
+    """``keep_freed_memory()``, once per process: the flow calls it before its first snapshot.
+
+    Why not at start: a restore from a recovery store needs ~3× the state at its peak (the
+    stored snapshot, the unpickled state, the tables built from it). With freed memory kept,
+    the process would hold that peak for good, and restores measured 2-5× slower on this
+    machine (docs/benchmarks.md). Restores happen before the first snapshot, so they run with
+    glibc's defaults and their memory goes back; snapshots, every few seconds from then on,
+    reuse theirs. A flow without a recovery store never snapshots and never changes malloc.
+    """
+    kept = keep_freed_memory()
+    if not kept:
+        logging.getLogger("vigil.flow").info(
+            "VIGIL_KEEP_FREED_MEMORY has no effect here: the C library is not glibc"
+        )
+    return kept

@@ -414,11 +414,12 @@ class Settings:
         "Port of the flow's Prometheus /metrics endpoint; 0 turns it off.", default=0
     )
     keep_freed_memory: bool = _doc(
-        "Let the flow process keep memory it freed for reuse (glibc malloc: no mmap per large "
-        "block, no trimming) instead of handing it back to the OS at once, so recovery "
-        "snapshots and restores write into pages already mapped: about twice as fast for "
-        "large fleets (docs/benchmarks.md). Resident memory then stays near its peak. No "
-        "effect outside glibc on Linux.",
+        "From its first recovery snapshot on, the flow process keeps memory it freed for "
+        "reuse (glibc malloc: no mmap per large block, no trimming) instead of handing it "
+        "back to the OS at once, so each snapshot writes into pages already mapped: about "
+        "twice as fast for large fleets (docs/benchmarks.md). Resident memory then stays "
+        "near its peak. Restores at start run before it, with glibc's defaults. No effect "
+        "outside glibc on Linux, or without a recovery store.",
         default=True,
     )
 

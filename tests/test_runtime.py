@@ -52,8 +52,39 @@ def test_keep_freed_memory_lets_a_large_block_reuse_pages_already_mapped():
     assert default >= 100  # glibc's default maps big blocks anew: what snapshots paid
 
 
+# Runs the real flow on a few readings, with a recovery store (it snapshots) or without.
+_RUN_FLOW = """
+import dataclasses, pathlib, sys, tempfile
+sys.path.insert(0, "tests")
+from flowkit import FAST, encode_all, init_recovery, run_flow, synthetic_readings, to_batches
+store = init_recovery(pathlib.Path(tempfile.mkdtemp()) / "store") if {recovery} else None
+run_flow(to_batches(encode_all(synthetic_readings(sensors=2, seconds=60))),
+         settings=dataclasses.replace(FAST, keep_freed_memory={keep}), recovery_dir=store)
+"""
+
+
 @glibc
-def test_the_flow_keeps_freed_memory_unless_told_not_to():
-    """Importing flows.detect (what bytewax.run does) applies VIGIL_KEEP_FREED_MEMORY."""
-    assert _second_round_faults("import flows.detect") < 16
-    assert _second_round_faults("import flows.detect", VIGIL_KEEP_FREED_MEMORY="false") >= 100
+@pytest.mark.parametrize(("recovery", "keep", "kept"), [
+    (True, True, True),
+    (True, False, False),   # VIGIL_KEEP_FREED_MEMORY=false
+])
+def test_the_flow_keeps_freed_memory_once_it_snapshots_unless_told_not_to(recovery, keep, kept):
+    faults = _second_round_faults(_RUN_FLOW.format(recovery=recovery, keep=keep))
+    assert (faults < 16) == kept, faults
+
+
+@glibc
+@pytest.mark.parametrize(("snapshots", "kept"), [(True, True), (False, False)])
+def test_memory_is_kept_from_the_first_snapshot_on_not_from_start(snapshots, kept):
+    """Restores (at start) run with glibc's defaults, so their ~3x-the-state peak goes back;
+    a flow that never snapshots (no recovery store) never changes malloc."""
+    setup = (
+        "import flows.detect as d\n"
+        "from flows.settings import Settings\n"
+        "from flows.stages import FeatureStage\n"
+        "stage = d._WindowedFeatures(FeatureStage(Settings().window_spec()),\n"
+        f"                            snapshots={snapshots}, keep_memory=True)\n"
+        "assert stage.snapshot() is not None\n"
+    )
+    assert (_second_round_faults("import flows.detect") < 16) is False  # not at start
+    assert (_second_round_faults(setup) < 16) == kept
