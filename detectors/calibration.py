@@ -583,7 +583,11 @@ class Calibrator:
             for name, (shape, dtype, fill) in self._rows.specs.items()
         }
         for col, part_ids, part, src in parts:
-            rows = np.fromiter((at[s] for s in part_ids), dtype=np.intp, count=len(part_ids))
+            if part_ids == ids:  # the common case: every column saved with the same sensors
+                rows: npt.NDArray[np.intp] | slice = slice(None)
+            else:
+                rows = np.fromiter((at[s] for s in part_ids), dtype=np.intp,
+                                   count=len(part_ids))
             for name in tables:
                 tables[name][rows, col] = part[name][:, src]
-        self._rows.restore(ids, tables)
+        self._rows.restore(ids, tables, adopt=True)  # built here for it: no second copy
