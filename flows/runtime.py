@@ -76,7 +76,7 @@ def keep_freed_memory() -> bool:
 def keep_freed_memory_from_now() -> bool:
     """``keep_freed_memory()``, once per process: the flow calls it before its first snapshot.
 
-    Why not at start: a restore from a recovery store needs ~3× the state at its peak (the
+    Why not at start: a restore from a recovery store needs ~2.5× the state at its peak (the
     stored snapshot, the unpickled state, the tables built from it). With freed memory kept,
     the process would hold that peak for good, and restores measured 2-5× slower on this
     machine (docs/benchmarks.md). Restores happen before the first snapshot, so they run with

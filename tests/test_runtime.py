@@ -76,7 +76,7 @@ def test_the_flow_keeps_freed_memory_once_it_snapshots_unless_told_not_to(recove
 @glibc
 @pytest.mark.parametrize(("snapshots", "kept"), [(True, True), (False, False)])
 def test_memory_is_kept_from_the_first_snapshot_on_not_from_start(snapshots, kept):
-    """Restores (at start) run with glibc's defaults, so their ~3x-the-state peak goes back;
+    """Restores (at start) run with glibc's defaults, so their ~2.5x-the-state peak goes back;
     a flow that never snapshots (no recovery store) never changes malloc."""
     setup = (
         "import flows.detect as d\n"
