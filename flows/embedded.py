@@ -9,6 +9,7 @@ resume state (start and next tick) makes it recoverable like a Kafka partition.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -102,9 +103,28 @@ class _LinesPartition(StatelessSinkPartition[bytes]):
 
     def write_batch(self, items: list[bytes]) -> None:
         out = self._stream.buffer  # type: ignore[attr-defined]
-        for item in items:
-            out.write(item + b"\n")
-        self._stream.flush()  # type: ignore[attr-defined]
+        try:
+            for item in items:
+                out.write(item + b"\n")
+            self._stream.flush()  # type: ignore[attr-defined]
+        except BrokenPipeError:
+            _reader_gone(self._stream)
+
+
+def _reader_gone(stream: object) -> None:
+    """The reader of our output went away (``... | head``): stop, as a Unix filter does.
+
+    Left to itself, the error would surface as a Bytewax panic with a Rust backtrace. There
+    is no way to end a dataflow from a sink, so the process exits at once, as SIGPIPE would
+    end ``cat``; with a recovery store that is a crash, which it resumes from.
+    """
+    name = "stdout" if stream is sys.stdout else "stderr"
+    try:
+        sys.stderr.write(f"vigil: {name} was closed by its reader; stopping\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    os._exit(0)
 
 
 class JsonLinesSink(DynamicSink[bytes]):

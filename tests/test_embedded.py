@@ -72,3 +72,24 @@ def test_invalid_settings_stop_the_flow_with_every_problem_named():
     assert "VIGIL_WINDOW_LENGTH must be positive, got -5m" in out.stderr
     assert "VIGIL_BROKERS='nohost'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_piping_the_embedded_flow_into_head_stops_it_quietly():
+    """`python -m bytewax.run flows.detect | head -n 1`: once head has its line and exits,
+    the flow stops with status 0 and a one-line note, not a Bytewax panic and backtrace."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "flows.detect"],
+        cwd=ROOT, env=_clean_env(VIGIL_SIM_SPEED="100000"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        first = proc.stdout.readline()
+        proc.stdout.close()  # what head does after its line
+        err = proc.stderr.read().decode()
+        status = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    msgspec.json.decode(first, type=Alert)
+    assert status == 0, err[-2000:]
+    assert "stdout was closed by its reader; stopping" in err
+    assert "panicked" not in err and "Traceback" not in err
