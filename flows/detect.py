@@ -272,20 +272,19 @@ def build_flow(
     log.info("recovery snapshots: %s", "on" if keep else "off (no recovery directory)")
 
     shards = settings.state_shards
-
-    remember = settings.keep_freed_memory
+    keep_memory = settings.keep_freed_memory  # from the first snapshot on (flows.runtime)
 
     def new_features(state: bytes | None) -> _WindowedFeatures:
         if state is None:
-            return _WindowedFeatures(FeatureStage(spec, topic), keep, shards, remember)
+            return _WindowedFeatures(FeatureStage(spec, topic), keep, shards, keep_memory)
         stage = FeatureStage.restore(spec, untag_state(state, shards), topic)
-        return _WindowedFeatures(stage, keep, shards, remember)
+        return _WindowedFeatures(stage, keep, shards, keep_memory)
 
     def new_scorer(state: bytes | None) -> _ScoreWindows:
         stage = build_score_stage(settings)
         if state is not None:
             stage.restore(untag_state(state, shards))
-        return _ScoreWindows(stage, keep, shards, remember)
+        return _ScoreWindows(stage, keep, shards, keep_memory)
 
     flow = Dataflow("vigil_detect")
     raw = op.input("read_readings", flow, source or _default_source(settings))
