@@ -21,7 +21,7 @@ from datetime import timedelta
 from tqdm import tqdm
 
 from detectors.factory import build_score_stage
-from flows.runtime import keep_freed_memory
+from flows.runtime import keep_freed_memory_from_now
 from flows.settings import Settings, parse_duration
 from flows.simulator import DEFAULT_METRICS, Fleet
 from flows.stages import FeatureStage, ScoreStage, group_by_shard
@@ -62,7 +62,7 @@ def measure(
         "stage_us_per_reading": busy / readings * 1e6,
     }
     if settings.keep_freed_memory:
-        keep_freed_memory()  # as the flow does from its first snapshot on
+        keep_freed_memory_from_now()  # what the flow calls before its first snapshot
     for name, stages in (("features", feats), ("scores", scorers)):
         times: list[float] = []
         blobs: list[bytes] = []

@@ -59,11 +59,15 @@ class _SnapshotsStage:
     """What both stateful steps snapshot: their stage's state, timed and tagged with the
     shard count (:func:`state_tag`), or nothing when there is no recovery store."""
 
-    stage: FeatureStage | ScoreStage
-    snapshots: bool
-    shards: int
-    keep_memory: bool = False
-    _snapshot_seconds: Any
+    def __init__(
+        self, stage: FeatureStage | ScoreStage, snapshots: bool, shards: int,
+        keep_memory: bool, step: str,
+    ) -> None:
+        self.stage = stage
+        self.snapshots = snapshots
+        self.shards = shards
+        self.keep_memory = keep_memory
+        self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels(step)
 
     def snapshot(self) -> bytes:
         if not self.snapshots:
@@ -87,15 +91,13 @@ class _Features:
 class _WindowedFeatures(
     _SnapshotsStage, StatefulBatchLogic[tuple[int, list[Reading]], _Features, bytes]
 ):
+    stage: FeatureStage
+
     def __init__(
         self, stage: FeatureStage, snapshots: bool = True, shards: int = 0,
         keep_memory: bool = False,
     ) -> None:
-        self.stage = stage
-        self.snapshots = snapshots
-        self.shards = shards
-        self.keep_memory = keep_memory
-        self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels("windowed_features")
+        super().__init__(stage, snapshots, shards, keep_memory, "windowed_features")
 
     def on_batch(self, values: list[tuple[int, list[Reading]]]) -> tuple[list[_Features], bool]:
         t0 = time.perf_counter()
@@ -114,17 +116,15 @@ class _WindowedFeatures(
 
 
 class _ScoreWindows(_SnapshotsStage, StatefulBatchLogic[_Features, ScoreOutput, bytes]):
+    stage: ScoreStage
+
     def __init__(
         self, stage: ScoreStage, snapshots: bool = True, shards: int = 0,
         keep_memory: bool = False,
     ) -> None:
-        self.stage = stage
-        self.snapshots = snapshots
-        self.shards = shards
-        self.keep_memory = keep_memory
+        super().__init__(stage, snapshots, shards, keep_memory, "score_windows")
         stage.ensemble.detectors = metrics.timed(stage.ensemble.detectors)
         self._version: str | None = None
-        self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels("score_windows")
 
     def on_batch(self, values: list[_Features]) -> tuple[list[ScoreOutput], bool]:
         t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Process-wide tuning a flow process applies once its dataflow is built.
+"""Process-wide tuning of a flow process: the garbage collector once its dataflow is built,
+malloc from its first recovery snapshot on.
 
 Kept apart from ``flows.detect`` (whose import builds the flow) so benchmarks and other
 entry points that run the stages can apply exactly the same tuning.
