@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -90,11 +90,16 @@ class BatchDecoder:
     def __init__(self, max_record_bytes: int, max_future_ms: int) -> None:
         self.max_record_bytes = max_record_bytes
         self.max_future_ms = max_future_ms
+        # capped at ~317,000 years, where timedelta ends; every datetime is that close
+        self._ahead = timedelta(milliseconds=min(max_future_ms, 10**16))
 
     def __call__(self, batch: RawBatch, now: datetime | None = None) -> DecodedBatch:
         """Decode every record of ``batch``; ``now`` is injectable for tests."""
         now = now or datetime.now(UTC)
-        horizon_ms = now.timestamp() * 1000 + self.max_future_ms
+        try:
+            horizon = now + self._ahead
+        except OverflowError:  # a horizon past year 9999: nothing is too far ahead
+            horizon = datetime.max.replace(tzinfo=UTC)
         out = DecodedBatch(produced_ms=batch.produced_ms)
         readings = out.readings
         decode = reading_decoder.decode
@@ -121,7 +126,7 @@ class BatchDecoder:
                 reason, detail = _classify_decode_error(raw, exc)
                 out.dead.append(self._dead(batch, offset, raw, now, reason, detail))
                 continue
-            if reading.ts_ms > horizon_ms:
+            if reading.ts > horizon:
                 out.dead.append(self._dead(
                     batch, offset, raw, now, "future_timestamp",
                     f"`ts` {reading.ts.isoformat()} is more than "  # type: ignore[union-attr]

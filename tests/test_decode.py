@@ -75,3 +75,20 @@ def test_arbitrary_bytes_never_raise_and_every_record_is_accounted_for(values):
     out = _decode(values)
     assert len(out.readings) + len(out.dead) == len(values)
     assert all(d.reason and d.detail for d in out.dead)
+
+
+def test_a_reading_at_the_horizon_passes_and_one_millisecond_past_it_is_dead_lettered():
+    horizon_ms = round(NOW.timestamp() * 1000) + 300_000
+    out = _decode([
+        b'{"sensor_id":"a","ts":%d,"values":{"x":1}}' % horizon_ms,
+        b'{"sensor_id":"a","ts":%d,"values":{"x":1}}' % (horizon_ms + 1),
+    ])
+    assert [r.ts_ms for r in out.readings] == [horizon_ms]
+    assert [d.reason for d in out.dead] == ["future_timestamp"]
+
+
+def test_a_future_horizon_past_year_9999_accepts_every_reading_instead_of_raising():
+    dec = BatchDecoder(max_record_bytes=4096, max_future_ms=10**18)
+    out = dec(RawBatch("readings", 0, [0], [b'{"sensor_id":"a","ts":"2199-01-01T00:00:00Z",'
+                                             b'"values":{"x":1}}']), now=NOW)
+    assert len(out.readings) == 1 and out.dead == []

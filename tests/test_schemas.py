@@ -6,6 +6,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flows.schemas import Alert, DeadLetter, Reading, ScoreRecord, alert_id_for, reading_decoder
 
@@ -46,3 +48,11 @@ def test_a_reading_round_trips_with_rfc3339_utc_time():
         b'{"sensor_id":"x","ts":"2024-05-01T12:00:00Z","values":{"v":1.0}}'
     )
     assert r.ts_ms == 1714564800000
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(min_value=0, max_value=7_258_118_400_000))
+def test_epoch_milliseconds_come_back_exactly_from_the_utc_timestamp(ms):
+    # ts_ms is computed from the datetime the reading holds, not kept beside it
+    r = reading_decoder.decode(b'{"sensor_id":"x","ts":%d,"values":{"v":1}}' % ms)
+    assert r.ts_ms == ms
