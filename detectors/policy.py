@@ -64,8 +64,8 @@ class AlertPolicy:
         ``fired`` names the detectors that found this window anomalous (default: all).
         """
         inc = self.open.get(sensor_id)
-        fired = fired or tuple(self.detectors)
         if verdict.anomalous:
+            fired = fired or tuple(self.detectors)
             if inc is None:
                 run = self.pending.pop(sensor_id, None)
                 if run is None:

@@ -170,8 +170,13 @@ class ScoreStage:
         judgements = self.ensemble.score_and_learn(windows)
         version = self.version  # after scoring: a hot reload shows in this batch's records
         threshold = self.ensemble.config.alert_likelihood
+        # A batch's windows share a few start and end times (every sensor's windows end on the
+        # same hop unless staggered): each datetime is built once, not twice per window.
+        when: dict[int, datetime] = {}
         for (sid, window), j in zip(windows, judgements, strict=True):
-            start, end = window.start, window.end
+            s_ms, e_ms = window.start_ms, window.end_ms
+            start = when.get(s_ms) or when.setdefault(s_ms, window.start)
+            end = when.get(e_ms) or when.setdefault(e_ms, window.end)
             out.scores.append(ScoreRecord(
                 sensor_id=sid, window_start=start, window_end=end,
                 score=j.score, threshold=threshold, anomalous=j.anomalous,
