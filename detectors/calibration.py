@@ -64,10 +64,12 @@ with its own ring and counters, so one call ranks every detector's score of a ro
 sensor ids are looked up once. Per sensor and column: the ring (2·N bytes in float16: 600
 bytes at N = 300; 1,200 in float32) plus two int64 counters (count, position) = 616 bytes of
 payload, plus the sensor id and pickle framing (~50 bytes per sensor) in a snapshot. Ranking
-a score costs two counting passes over its N history values, vectorised with numpy over every
+a score costs two counting passes over its N history values (for k > 1, over the k-averages
+taken around the ring as stored, never put in order), vectorised with numpy over every
 (sensor, column) pair of a call; only a score that lands in its history's top decile also
-pays for the quantile (a partition, a sort while the history fills) and the tail fit, and a
-column still warming up costs nothing.
+pays for ordering, the quantile (a partition, a sort while the history fills) and the tail
+fit, and a column still warming up costs nothing. Both shortcuts give the full path's
+likelihoods bit for bit (tests/test_calibration.py).
 
 Why float16 is enough: ranks only need the order of scores, and the Pareto tail only their
 top decile's mean excess; 3 significant digits keep both, apart from more exact ties (which
@@ -181,7 +183,8 @@ def _moving_average(seq: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.floa
     total = seq[:, :width].copy()
     for j in range(1, k):
         total += seq[:, j : j + width]
-    return total / k
+    total /= k
+    return total
 
 
 class Calibrator:
@@ -311,12 +314,17 @@ class Calibrator:
             r = rows[i]
             counts = self._rows["count"][r, c]
             new = self._stored(x[i, c])[:, None]
-            hist = self._histories(r, c, ordered=self.short > 1)
+            if 1 < self.short < 8:
+                out[i, c] = self._rank_averages(r, c, counts, new[:, 0])
+                continue
             if self.short == 1:
+                hist = self._histories(r, c, ordered=False)
                 body, likelihood = self._body_of_history(hist, counts, new[:, 0])
                 out[i[body], c[body]] = likelihood
                 rest = ~body
                 i, c, counts, new, hist = i[rest], c[rest], counts[rest], new[rest], hist[rest]
+            else:  # long averages are summed pairwise by numpy: the general path
+                hist = self._histories(r, c)
             if i.size:
                 out[i, c] = self._score(hist, counts, new)[:, 0]
         return out if np.ndim(raw) == 2 else out[:, 0]
@@ -345,9 +353,61 @@ class Calibrator:
         m = new.astype(np.float32)[:, None]
         above = (h > m).sum(axis=1)  # NaN compares False
         body = above >= cnt - lo
-        equal = (h[body] == m[body]).sum(axis=1)
+        equal = (h == m).sum(axis=1)[body]  # cheaper than copying the body's rows first
         q = (above[body] + 0.5 * equal + 0.5) / (cnt[body] + 1.0)
         return body, np.clip(1.0 - q, 0.0, 1.0)
+
+    def _rank_averages(
+        self,
+        rows: npt.NDArray[np.intp],
+        columns: npt.NDArray[np.intp],
+        counts: npt.NDArray[np.int64],
+        new: npt.NDArray[np.floating],
+    ) -> npt.NDArray[np.float64]:
+        """:meth:`_score` of one new score per (row, column) pair for ``short`` k in 2..7,
+        bit for bit, from the rings as they are stored.
+
+        Why: ranking needs the history's k-moving averages only as a set, so they are taken
+        around each ring as stored (each window of k scores summed oldest first, as
+        :func:`_moving_average` sums it, so every average is the very same float) instead of
+        first putting every history in order; the k − 1 windows that would join the newest
+        score to the oldest are left out. Most short-term means ``m`` fall in the body of
+        their history (see :meth:`_body_of_history`), where the counts ``#{M > m}`` and
+        ``#{M = m}`` decide; only the others are put in order, by rotating their averages,
+        for :meth:`_tail`. Only columns past their warm-up (≥ ``warmup`` > k scores) come here.
+        """
+        k, n = self.short, self.history
+        rings = self._rows["ring"][rows, columns]  # (P, N) as stored, NaN where never written
+        pos = self._rows["pos"][rows, columns]  # the oldest score's slot once the ring is full
+        ext = np.concatenate([rings, rings[:, : k - 1]], axis=1, dtype=np.float64)
+        ma = _moving_average(ext, k)  # ma[:, j]: the window of slots j .. j + k − 1 (mod N)
+        wraps = (pos[:, None] - k + 1 + np.arange(k - 1)) % n  # also the newest k − 1 slots
+        # the short-term mean: the newest k − 1 stored scores and the new one, oldest first
+        last = np.take_along_axis(ext, wraps, axis=1)
+        m = last[:, 0].copy()
+        for j in range(1, k - 1):
+            m += last[:, j]
+        m += new.astype(np.float64)
+        m /= k
+        full = counts >= n  # a ring not yet full has NaN in every window that wraps
+        if full.any():
+            at = np.flatnonzero(full)
+            ma[at[:, None], wraps[at]] = np.nan
+        cnt = np.minimum(counts, n) - k + 1  # averages wholly inside the history
+        lo = np.floor(self.tail_quantile * np.maximum(cnt - 1, 0)).astype(np.int64)
+        above = (ma > m[:, None]).sum(axis=1)  # NaN compares False
+        body = above >= cnt - lo
+        out = np.empty(rows.size)
+        equal = (ma == m[:, None]).sum(axis=1)[body]
+        q = (above[body] + 0.5 * equal + 0.5) / (cnt[body] + 1.0)
+        out[body] = np.clip(1.0 - q, 0.0, 1.0)
+        rest = np.flatnonzero(~body)
+        if rest.size:  # the history's averages in order, oldest first, as _score has them
+            mr = ma[rest]
+            twice = np.concatenate([mr, mr], axis=1)
+            win = sliding_window_view(twice, n - k + 1, axis=1)[np.arange(rest.size), pos[rest]]
+            out[rest] = np.clip(1.0 - self._tail(win[:, None, :], m[rest, None]), 0.0, 1.0)[:, 0]
+        return out
 
     def learn(
         self,
@@ -440,9 +500,10 @@ class Calibrator:
         rings = self._rows["ring"][rows, columns]
         if not ordered:
             return rings
-        start = self._rows["pos"][rows, columns][:, None]
-        order = (start + np.arange(self.history)) % self.history
-        return np.take_along_axis(rings, order, axis=1)
+        # each ring read from its oldest slot: a window of N over the ring written twice
+        twice = np.concatenate([rings, rings], axis=1)
+        start = self._rows["pos"][rows, columns]
+        return sliding_window_view(twice, self.history, axis=1)[np.arange(rows.size), start]
 
     def _score(
         self,
@@ -494,7 +555,9 @@ class Calibrator:
             above = (win > m[..., None]).sum(axis=-1)
             equal = (win == m[..., None]).sum(axis=-1)
         n_over = over.sum(axis=-1)
-        excess = np.where(over, win - u[..., None], 0.0).sum(axis=-1) / np.maximum(n_over, 1)
+        # the exceedances over u, zero elsewhere (as np.where would give them) in one pass
+        gap = np.subtract(win, u[..., None], out=np.zeros(win.shape), where=over)
+        excess = gap.sum(axis=-1) / np.maximum(n_over, 1)
         xi = self.tail_shape
         beta = np.maximum((1.0 - xi) * excess, np.maximum(_REL_SCALE_FLOOR * np.abs(u), 1e-12))
         empirical = (above + 0.5 * equal + 0.5) / (cnt + 1.0)

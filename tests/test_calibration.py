@@ -259,3 +259,27 @@ def test_scores_in_the_body_of_the_history_skip_the_tail_fit_with_bit_identical_
         want = full.update(ids, raw)
         np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
     assert (want > 0.0).any()
+
+
+@pytest.mark.parametrize("short", [2, 3, 5, 7])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_short_term_means_are_ranked_from_the_rings_as_stored_with_bit_identical_likelihoods(
+    short: int, dtype: str,
+) -> None:
+    """For short k > 1 score() takes the history's k-averages around each ring as stored and
+    puts only the tail's in order; it must give exactly what update() gives (the averages of
+    every history put in order first), while rings fill and after they wrap."""
+    rng = np.random.default_rng(short)
+    ids = [f"s{i}" for i in range(7)]
+    fast = Calibrator(history=40, short=short, warmup=12, dtype=dtype)
+    full = Calibrator(history=40, short=short, warmup=12, dtype=dtype)
+    tail = 0
+    for step in range(150):
+        raw = np.round(rng.gamma(2.0, 1.0, 7), 1)  # rounded: many exact ties
+        raw[rng.random(7) < 0.08] *= 40.0  # and spikes into the Pareto tail
+        got = fast.score(ids, raw)
+        fast.learn(ids, raw)
+        want = full.update(ids, raw)
+        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+        tail += int((want > 0.9).sum())
+    assert tail > 20  # the tail path was taken, not only the body's counting
