@@ -35,6 +35,12 @@ How
        counted; every reading lies in length/hop windows, so the score records must account
        for exactly ``readings x length/hop`` readings when nothing was dead-lettered.
 
+``--warmup-minutes M`` preloads M simulated minutes before the ``--readings`` and starts the
+timed span where the counter passes them (interpolated between polls, like the end): every
+run reads the warm-up first, so the timed readings meet warm detectors and full calibration
+histories, the steady state, which costs about twice the CPU per reading of a fleet's first
+hour (``bench.pipeline``). ``e2e readings/s`` still spans the whole run.
+
 ``--repeat K`` runs the flow K times over the same preloaded topic (fresh output topics and
 recovery store each time) and reports every run and the median.
 """
@@ -108,6 +114,7 @@ class ProduceResult:
     failed: int
     event_time_start: str
     event_time_end: str
+    warmup_readings: int = 0  # the first ticks' readings, read but not timed
 
 
 @dataclass
@@ -201,6 +208,7 @@ class _Config:
     poll_s: float = POLL_S
     mid_poll_s: float = MID_POLL_S
     expected: tuple[int, int] = (0, 0)  # (scores, readings summed over scored windows)
+    measure_after: int = 0  # readings each run reads before its timed span starts
     detectors: str | None = None  # VIGIL_DETECTORS for this run; None: the flow's default
 
 
@@ -259,9 +267,11 @@ def metric_names(count: int) -> tuple[str, ...]:
 
 
 def preload(
-    bootstrap: str, kafka: dict[str, str], topic: str, fleet: Fleet, n: int, progress: bool
+    bootstrap: str, kafka: dict[str, str], topic: str, fleet: Fleet, n: int, progress: bool,
+    warmup_ticks: int = 0,
 ) -> ProduceResult:
-    """Produce ``n`` readings tick by tick as fast as the broker takes them; wait for acks.
+    """Produce ``warmup_ticks`` whole ticks, then ``n`` readings more, tick by tick as fast as
+    the broker takes them; wait for acks.
 
     The time includes simulating and encoding, so it is a floor for the broker's intake.
     """
@@ -284,12 +294,17 @@ def preload(
             failed[0] += 1
 
     encode = encoder.encode
-    sent, tick = 0, 0
+    sent, tick, warm = 0, 0, 0
     t0 = time.perf_counter()
     with tqdm(total=n, unit="reading", unit_scale=True, desc="produce", disable=not progress,
               file=sys.stderr, dynamic_ncols=True) as bar:
-        while sent < n:
-            readings = fleet.tick(tick)[: n - sent]
+        while tick < warmup_ticks or sent < warm + n:
+            readings = fleet.tick(tick)
+            if tick < warmup_ticks:
+                warm += len(readings)
+                bar.total = warm + n
+            else:
+                readings = readings[: warm + n - sent]
             for r in readings:
                 produce(producer, topic, encode(r), r.sensor_id.encode(), delivered)
             producer.poll(0)
@@ -306,6 +321,7 @@ def preload(
         failed=failed[0] + left,
         event_time_start=fleet.tick_time(0).isoformat(),
         event_time_end=fleet.tick_time(max(tick - 1, 0)).isoformat(),
+        warmup_readings=warm,
     )
 
 
@@ -444,14 +460,23 @@ def _stop(procs: Sequence[_Proc]) -> None:
             p.popen.wait()
 
 
-def _span(samples: list[_Sample], n: int, t_exit: float) -> tuple[_Sample, _Sample]:
+def _span(
+    samples: list[_Sample], n: int, t_exit: float, skip: int = 0
+) -> tuple[_Sample, _Sample]:
     """The samples that bound the consume span: (first that saw readings, counter at n).
 
     The end sample is interpolated between polls. A flow that reached n and exited between
     two polls ends at its exit instead. When the first sample that saw readings already saw
     them all (a tiny run), the span starts at the last poll that still saw zero. Both
-    fallbacks can only make the rate look lower, never higher.
+    fallbacks can only make the rate look lower, never higher. With ``skip`` (a warm-up read
+    first) the span starts where the counter reached ``skip``, interpolated like the end.
     """
+    if skip:
+        start_i = next((i for i, s in enumerate(samples) if s.count >= skip), None)
+        if start_i is not None and start_i > 0 and samples[start_i].count < n:
+            a, b = samples[start_i - 1], samples[start_i]
+            first, end = _span(samples[start_i - 1 :], n, t_exit)
+            return a.lerp(b, (skip - a.count) / (b.count - a.count)), end
     first_i = next(i for i, s in enumerate(samples) if s.count > 0)
     end_i = next((i for i, s in enumerate(samples) if s.count >= n), None)
     if end_i is None:  # exited before a poll saw n: end at the exit
@@ -467,9 +492,11 @@ def _span(samples: list[_Sample], n: int, t_exit: float) -> tuple[_Sample, _Samp
     return first, end
 
 
-def _next_poll(samples: list[_Sample], n: int, fast: float, slow: float) -> float:
+def _next_poll(
+    samples: list[_Sample], n: int, fast: float, slow: float, skip: int = 0
+) -> float:
     """Seconds to the next poll: ``fast`` where a time must be caught (the first reading,
-    reaching n, the exit), ``slow`` in between.
+    the end of a warm-up of ``skip`` readings, reaching n, the exit), ``slow`` in between.
 
     Every scrape costs the flow CPU and GIL time (a thread, the exposition text);
     scraping slowly while nothing needs timing disturbs what is measured less.
@@ -481,6 +508,8 @@ def _next_poll(samples: list[_Sample], n: int, fast: float, slow: float) -> floa
     if last.t <= first.t or last.count <= first.count:
         return fast  # no rate yet
     rate = (last.count - first.count) / (last.t - first.t)
+    if last.count < skip and (skip - last.count) / rate < 2 * slow:
+        return fast
     return fast if (n - last.count) / rate < 2 * slow else slow
 
 
@@ -577,7 +606,7 @@ def run_flow(
                     break
                 if any(p.exit_code not in (None, 0) for p in procs):
                     break  # one process failed: the others would wait for it forever
-                wait = _next_poll(samples, n, cfg.poll_s, cfg.mid_poll_s)
+                wait = _next_poll(samples, n, cfg.poll_s, cfg.mid_poll_s, cfg.measure_after)
                 time.sleep(max(0.0, wait - (time.perf_counter() - t_before)))
         t_exit = max(p.exit_t or time.perf_counter() for p in procs)
         ok = all(p.exit_code == 0 for p in procs)
@@ -604,7 +633,7 @@ def run_flow(
     counted = samples[-1].count
     # a flow that reached n and exited between two polls: the score records confirm below
     end_from_exit = counted < n
-    first, end = _span(samples, n, t_exit)
+    first, end = _span(samples, n, t_exit, cfg.measure_after)
     consume_s = max(end.t - first.t, 1e-9)
     rate = (end.count - first.count) / consume_s
     # e2e: from the first reading (extrapolated back at the measured rate, but not before
@@ -779,6 +808,11 @@ def parser() -> argparse.ArgumentParser:
                    help="injected anomalies per sensor per simulated day (default 6)")
     d.add_argument("--partitions", type=positive_int, default=1,
                    help="partitions of the readings topic (default 1)")
+    d.add_argument("--warmup-minutes", type=float, default=0.0, metavar="M",
+                   help="simulated minutes preloaded before the --readings and read by every "
+                        "run untimed, so the detectors judge the timed readings warm (e.g. 360 "
+                        "fills every calibration history); readings/s then counts only the "
+                        "--readings after them (default 0: time from the first reading)")
     f = p.add_argument_group("flow")
     f.add_argument("--window", type=positive_duration_text, default="5m", metavar="DURATION",
                    help="VIGIL_WINDOW_LENGTH (default 5m)")
@@ -856,6 +890,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.instances > 1 and args.processes > 1:
         p.error("--instances (independent flows) and --processes (one Bytewax cluster) "
                 "are two ways to run several processes: choose one")
+    if args.warmup_minutes < 0:
+        p.error("--warmup-minutes must be 0 or more")
     if args.instances > args.partitions:
         p.error(f"--instances {args.instances} needs at least as many --partitions "
                 f"(got {args.partitions}): each instance reads its own")
@@ -874,10 +910,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"broker {broker.bootstrap} ({'external' if brokers else 'tansu'}), "
               f"readings topic {readings_topic!r} with {args.partitions} partition(s)",
               file=sys.stderr)
+        tick_s = parse_duration(args.interval).total_seconds()
+        warmup_ticks = round(args.warmup_minutes * 60 / tick_s)
         produced = preload(broker.bootstrap, kafka, readings_topic, fleet, args.readings,
-                           progress)
+                           progress, warmup_ticks)
+        warm_note = (f", the first {produced.warmup_readings:,} a warm-up not timed"
+                     if produced.warmup_readings else "")
         print(f"preloaded {produced.readings:,} readings ({produced.ticks} ticks, event time "
-              f"{produced.event_time_start} .. {produced.event_time_end}) in "
+              f"{produced.event_time_start} .. {produced.event_time_end}{warm_note}) in "
               f"{produced.seconds:.1f} s: {produced.readings_per_s:,.0f} readings/s",
               file=sys.stderr)
         if produced.failed:
@@ -893,6 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout, progress=progress, poll_s=args.poll_interval,
             mid_poll_s=args.mid_poll_interval,
             expected=expected_windows(fleet, produced.readings, args.window, args.hop),
+            measure_after=produced.warmup_readings,
         )
         variants = _variants(args.detectors or [None], args.shards or [None])
         by_variant: dict[str | None, list[RunResult]] = {v: [] for v in variants}
@@ -920,6 +961,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "readings": produced.readings, "sensors": args.sensors, "metrics": args.metrics,
         "metric_names": list(fleet.metrics), "seed": args.seed, "interval": args.interval,
         "anomaly_rate": args.anomaly_rate, "partitions": args.partitions,
+        "warmup_minutes": args.warmup_minutes, "warmup_readings": produced.warmup_readings,
         "window": args.window, "hop": args.hop, "workers": args.workers,
         "processes": args.processes, "instances": args.instances,
         "batch_size": args.batch_size, "shards": variants[first][1],

@@ -25,7 +25,7 @@ def test_help_lists_every_option() -> None:
     assert out.returncode == 0, out.stderr
     for option in ("--readings", "--sensors", "--metrics", "--partitions", "--workers",
                    "--processes", "--instances", "--batch-size", "--recovery",
-                   "--snapshot-interval", "--repeat", "--brokers", "--json"):
+                   "--snapshot-interval", "--repeat", "--brokers", "--json", "--warmup-minutes"):
         assert option in out.stdout
 
 
@@ -47,6 +47,19 @@ def test_span_of_a_run_that_ended_between_two_polls_ends_at_the_exit() -> None:
     assert (end.t, end.count) == (0.3, 1000)
 
 
+def test_after_a_warm_up_the_span_starts_where_the_counter_passed_it() -> None:
+    # 1,000 readings/s from t=2; a warm-up of 1,500 readings ends at t=3.5
+    samples = [_s(0.0, 0), _s(2.5, 500, 1.0), _s(4.5, 2500, 3.0), _s(6.5, 4500, 5.0),
+               _s(7.0, 5000, 5.5)]
+    first, end = _span(samples, 4000, t_exit=7.2, skip=1500)
+    assert first.t == pytest.approx(3.5) and first.count == 1500
+    assert first.flow_cpu == pytest.approx(2.0)  # CPU of the warm-up is not counted
+    assert end.t == pytest.approx(6.0) and end.count == 4000
+    assert (end.count - first.count) / (end.t - first.t) == pytest.approx(1000.0)
+    # no poll before the warm-up's end saw readings: nothing to interpolate from
+    assert _span(samples[1:], 4000, 7.2, skip=400)[0].t == 2.5
+
+
 def test_polls_are_sparse_only_while_no_time_needs_catching() -> None:
     assert _next_poll([_s(0, 0)], 1000, 0.1, 1.0) == 0.1  # waiting for the first reading
     assert _next_poll([_s(0, 0), _s(1, 10)], 1000, 0.1, 1.0) == 0.1  # no rate yet
@@ -55,6 +68,8 @@ def test_polls_are_sparse_only_while_no_time_needs_catching() -> None:
     near = [_s(0, 0), _s(1, 10), _s(10, 910)]  # 0.9 s to go
     assert _next_poll(near, 1000, 0.1, 1.0) == 0.1
     assert _next_poll([*near, _s(11, 1000)], 1000, 0.1, 1.0) == 0.1  # waiting for the exit
+    assert _next_poll(mid, 1000, 0.1, 1.0, skip=150) == 0.1  # a warm-up ends in 0.4 s
+    assert _next_poll(mid, 1000, 0.1, 1.0, skip=500) == 1.0  # ... in 3.9 s
 
 
 @pytest.mark.integration
@@ -92,6 +107,29 @@ def test_a_small_benchmark_run_reports_rates_and_consistent_counts(broker, tmp_p
 
 
 @pytest.mark.integration
+@pytest.mark.integration
+def test_a_warm_up_is_preloaded_first_read_by_the_flow_and_left_out_of_the_rate(
+    broker, tmp_path
+) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", "--readings", "20000", "--sensors", "200",
+         "--warmup-minutes", "40", "--brokers", broker.bootstrap, "--json", str(out),
+         "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(out.read_text())
+    warm = report["produce"]["warmup_readings"]
+    assert 0.8 * 200 * 240 < warm <= 200 * 240  # 40 minutes of 200 sensors, a few dropped
+    assert report["config"]["readings"] == warm + 20000 == report["runs"][0]["readings_counted"]
+    assert report["config"]["warmup_readings"] == warm and report["consistent"]
+    (res,) = report["runs"]
+    # the timed span covers only the 20,000 after the warm-up
+    assert res["readings_per_s"] * res["consume_s"] == pytest.approx(20000, rel=0.02)
+    assert "a warm-up not timed" in run.stderr
+
+
 def test_two_detector_sets_alternate_in_one_run_and_each_reaches_the_flow(
     broker, tmp_path
 ) -> None:
