@@ -240,25 +240,38 @@ def test_tippett_is_the_most_confident_detector_corrected_for_how_many_looked() 
     assert combine([[np.nan], [np.nan]], "tippett")[0] == 0.0
 
 
+def _score_then_learn_matches_update(
+    calibrator: dict[str, object], sensors: int, steps: int, spike_rate: float, spike: float,
+    seed: int,
+) -> int:
+    """score() + learn() on one calibrator and update() (the full quantile-and-tail path
+    for every score) on another, step by step: likelihoods must be bit-identical. Scores
+    are rounded (many exact ties) with spikes into the Pareto tail. Returns how many
+    likelihoods came from the tail (> 0.9)."""
+    rng = np.random.default_rng(seed)
+    ids = [f"s{i}" for i in range(sensors)]
+    fast, full = Calibrator(**calibrator), Calibrator(**calibrator)  # type: ignore[arg-type]
+    tail = 0
+    for step in range(steps):
+        raw = np.round(rng.gamma(2.0, 1.0, sensors), 1)
+        raw[rng.random(sensors) < spike_rate] *= spike
+        got = fast.score(ids, raw)
+        fast.learn(ids, raw)
+        want = full.update(ids, raw)
+        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+        tail += int((want > 0.9).sum())
+    return tail
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_scores_in_the_body_of_the_history_skip_the_tail_fit_with_bit_identical_likelihoods(
     dtype: str,
 ) -> None:
     """score() ranks ordinary scores by counting alone; it must give exactly what the full
-    quantile-and-tail path (update() takes it for every score) gives, with ties, spikes,
-    histories still filling and full rings alike."""
-    rng = np.random.default_rng(11)
-    ids = [f"s{i}" for i in range(6)]
-    fast = Calibrator(history=60, warmup=10, dtype=dtype)
-    full = Calibrator(history=60, warmup=10, dtype=dtype)
-    for step in range(200):
-        raw = np.round(rng.gamma(2.0, 1.0, 6), 1)  # rounded: many exact ties
-        raw[rng.random(6) < 0.05] *= 50.0  # and spikes into the Pareto tail
-        got = fast.score(ids, raw)
-        fast.learn(ids, raw)
-        want = full.update(ids, raw)
-        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
-    assert (want > 0.0).any()
+    quantile-and-tail path gives, with ties, spikes, histories still filling and full rings
+    alike."""
+    config = {"history": 60, "warmup": 10, "dtype": dtype, "short": 1}
+    assert _score_then_learn_matches_update(config, 6, 200, 0.05, 50.0, seed=11) > 0
 
 
 @pytest.mark.parametrize("short", [2, 3, 5, 7])
@@ -269,17 +282,6 @@ def test_short_term_means_are_ranked_from_the_rings_as_stored_with_bit_identical
     """For short k > 1 score() takes the history's k-averages around each ring as stored and
     puts only the tail's in order; it must give exactly what update() gives (the averages of
     every history put in order first), while rings fill and after they wrap."""
-    rng = np.random.default_rng(short)
-    ids = [f"s{i}" for i in range(7)]
-    fast = Calibrator(history=40, short=short, warmup=12, dtype=dtype)
-    full = Calibrator(history=40, short=short, warmup=12, dtype=dtype)
-    tail = 0
-    for step in range(150):
-        raw = np.round(rng.gamma(2.0, 1.0, 7), 1)  # rounded: many exact ties
-        raw[rng.random(7) < 0.08] *= 40.0  # and spikes into the Pareto tail
-        got = fast.score(ids, raw)
-        fast.learn(ids, raw)
-        want = full.update(ids, raw)
-        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
-        tail += int((want > 0.9).sum())
-    assert tail > 20  # the tail path was taken, not only the body's counting
+    config = {"history": 40, "short": short, "warmup": 12, "dtype": dtype}
+    # > 20: the tail path was taken, not only the body's counting
+    assert _score_then_learn_matches_update(config, 7, 150, 0.08, 40.0, seed=short) > 20
