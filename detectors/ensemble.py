@@ -132,6 +132,7 @@ class Ensemble:
         held = [k for k, d in enumerate(detectors) if not getattr(d, "surprise_only", False)]
         self._held_cols = np.array(held, dtype=np.intp)
         self.held_names = tuple(names[k] for k in held)
+        self._fired_names: dict[int, tuple[str, ...]] = {}  # bit j set: detector j fired
         # One score column per detector, in configured order: a round is calibrated in one
         # call per calibrator, with one sensor-id lookup, whatever the number of detectors.
         self.held = Calibrator(
@@ -178,27 +179,36 @@ class Ensemble:
             self.unheld.learn(sids, raw_t, ~warm_t)
             opinion = ~np.isnan(lik)
             has_any = opinion.any(axis=0).tolist()
+            complete = opinion.all(axis=0).tolist()  # every detector has an opinion
             best = np.argmax(np.where(opinion, lik, -np.inf), axis=0).tolist()
-            fired_at = (lik >= c.fired_likelihood).T.tolist()  # NaN compares False
+            # which detectors fired, as one bit each: a window's names come from a table
+            fired_code = (lik >= c.fired_likelihood).T @ (1 << np.arange(len(names)))
             lik_rows, raw_rows = rounded(lik_t).tolist(), rounded(raw_t).tolist()
             comb, anom = combined.tolist(), anomalous.tolist()
             score, surp = rounded(combined).tolist(), rounded(surprise).tolist()
-            for r, i in enumerate(idx):
+            fired_of = self._fired_names
+            for r, (i, code) in enumerate(zip(idx, fired_code.tolist(), strict=True)):
                 if has_any[r]:
                     b = best[r]
-                    fired = tuple(
-                        n for n, f in zip(names, fired_at[r], strict=True) if f
-                    ) or ((names[b],) if anom[r] else ())
+                    fired = fired_of.get(code)
+                    if fired is None:
+                        fired = fired_of[code] = tuple(
+                            n for j, n in enumerate(names) if code >> j & 1
+                        )
+                    fired = fired or ((names[b],) if anom[r] else ())
                     contributors = verdicts[b].contributors(i)
                 else:
                     fired, contributors = (), []
+                lik_row = lik_rows[r]
                 out[i] = Judgement(
                     likelihood=comb[r],
                     score=score[r],
                     surprise=surp[r],
                     anomalous=anom[r],
                     raw=dict(zip(names, raw_rows[r], strict=True)),
-                    likelihoods={n: x for n, x in zip(names, lik_rows[r], strict=True) if x == x},
+                    likelihoods=dict(zip(names, lik_row, strict=True)) if complete[r] else {
+                        n: x for n, x in zip(names, lik_row, strict=True) if x == x
+                    },
                     contributors=contributors,
                     fired=fired,
                     warming_up=not has_any[r],
