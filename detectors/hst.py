@@ -209,8 +209,9 @@ class _Walker:
         self._max_score = float(forest._max_score)
         self._size_limit = 0.1 * forest.window_size
 
-    def _paths(self, x: np.ndarray) -> list[np.ndarray]:
-        """Node index at each depth 0..height for every (tree, row of ``x``)."""
+    def paths(self, x: np.ndarray) -> list[np.ndarray]:
+        """Node index at each depth 0..height for every (tree, row of ``x``): what
+        :meth:`score` and :meth:`learn` walk, computed once when both see the same rows."""
         idx = np.zeros((len(self.nodes), x.shape[0]), dtype=np.intp)
         cols = np.arange(x.shape[0])[None, :]
         paths = [idx]
@@ -220,20 +221,23 @@ class _Walker:
             paths.append(idx)
         return paths
 
-    def score(self, x: np.ndarray) -> np.ndarray:
-        """River's ``score_one`` for every row of ``x`` (columns = forest dimensions)."""
+    def score(self, x: np.ndarray, paths: list[np.ndarray] | None = None) -> np.ndarray:
+        """River's ``score_one`` for every row of ``x`` (columns = forest dimensions);
+        ``paths``: :meth:`paths` of ``x``, if already known."""
         total = np.zeros(x.shape[0])
         active = np.ones((len(self.nodes), x.shape[0]), dtype=bool)
-        for depth, idx in enumerate(self._paths(x)):
+        for depth, idx in enumerate(self.paths(x) if paths is None else paths):
             r = self.r_mass[self._trees, idx]
             total += np.where(active, r << depth, 0).sum(axis=0)
             active &= r >= self._size_limit
         return 1.0 - total / self._max_score
 
-    def learn(self, x: np.ndarray) -> None:
-        """River's ``learn_one`` for every row of ``x``; the caller keeps to one pivot."""
+    def learn(self, x: np.ndarray, paths: list[np.ndarray] | None = None) -> None:
+        """River's ``learn_one`` for every row of ``x``; the caller keeps to one pivot.
+        ``paths``: :meth:`paths` of ``x``, if already known."""
         size = self.l_mass.shape[1]
-        flat = np.concatenate([(idx + self._trees * size).ravel() for idx in self._paths(x)])
+        walked = self.paths(x) if paths is None else paths
+        flat = np.concatenate([(idx + self._trees * size).ravel() for idx in walked])
         self.l_mass += np.bincount(flat, minlength=self.l_mass.size).reshape(self.l_mass.shape)
         f = self.forest
         f.counter += x.shape[0]
@@ -393,14 +397,16 @@ class HalfSpaceTreesDetector(BatchScoring):
                 warming[seg] = True
                 g.walker.learn(u[seg])  # type: ignore[union-attr]
                 continue
-            s = g.walker.score(u[seg])  # type: ignore[union-attr]
+            x = u[seg]
+            paths = g.walker.paths(x)  # type: ignore[union-attr]
+            s = g.walker.score(x, paths)  # type: ignore[union-attr]
             scores[seg] = s
             hit = s >= self.threshold
             anomalous[seg] = hit
-            learn = u[seg]
-            if self.hold_anomalies and hit.any():
-                learn = np.where(hit[:, None], u_edge[seg], learn)
-            g.walker.learn(learn)  # type: ignore[union-attr]
+            if self.hold_anomalies and hit.any():  # learn the held-back values instead
+                g.walker.learn(np.where(hit[:, None], u_edge[seg], x))  # type: ignore[union-attr]
+            else:  # learn what was scored: the same paths
+                g.walker.learn(x, paths)  # type: ignore[union-attr]
 
     def _learn(
         self, g: _Group, rows: np.ndarray, span: np.ndarray, mean: np.ndarray, dev: np.ndarray,

@@ -351,7 +351,8 @@ if __name__ == "__main__":
 
 def test_the_compiled_forest_scores_and_learns_exactly_like_rivers_own_calls() -> None:
     """Batched walks over River's trees give River's score_one/learn_one results, bit for bit,
-    across reference-window pivots, and write the same masses back into River's nodes."""
+    across reference-window pivots, with the paths walked once for scoring and learning or
+    each time, and write the same masses back into River's nodes."""
     from river.anomaly import HalfSpaceTrees
 
     from detectors.hst import _Walker
@@ -372,8 +373,10 @@ def test_the_compiled_forest_scores_and_learns_exactly_like_rivers_own_calls() -
     sizes = iter([1, 7, 3, 16, 5, 9] * 100)
     while k < len(points):
         chunk = points[k : k + min(next(sizes), ours.window_size - ours.counter)]
-        got += (walker.score(chunk).tolist() if not ours._first_window else [0.0] * len(chunk))
-        walker.learn(chunk)
+        paths = walker.paths(chunk) if k % 2 else None  # walked once for both, or each time
+        got += (walker.score(chunk, paths).tolist() if not ours._first_window
+                else [0.0] * len(chunk))
+        walker.learn(chunk, paths)
         k += len(chunk)
     assert got == [float(s) for s in expected]
     walker.sync()
