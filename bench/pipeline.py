@@ -28,6 +28,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 from tqdm import tqdm
@@ -43,28 +44,72 @@ from flows.stages import FeatureStage, ScoreStage, group_by_shard, shard_key
 STEPS = ("decode", "shard", "features", "scoring", "encode")
 
 
-def simulated_records(
-    sensors: int, metrics: int, minutes: float, seed: int = 1, progress: bool = False,
-    skip_minutes: float = 0.0,
-) -> list[bytes]:
-    """JSON readings of ``sensors`` simulated sensors over ``minutes`` (a reading every 10 s),
-    with anomalies injected, in the order a producer would send them; ``skip_minutes`` starts
-    that far into the simulation (what a warm-up of that length already read)."""
+def _encoded_ticks(
+    sensors: int, metrics: int, ticks: int, seed: int, progress: bool
+) -> Iterator[list[bytes]]:
+    """Each tick's JSON readings of one simulated fleet (a reading every 10 s), with
+    anomalies injected, in the order a producer would send them."""
     names = [*DEFAULT_METRICS[:metrics], *(f"m{i}" for i in range(len(DEFAULT_METRICS), metrics))]
     fleet = Fleet(sensors=sensors, metrics=names, seed=seed, interval=timedelta(seconds=10),
                   anomaly_rate=24.0)
-    first, ticks = int(skip_minutes * 6), int(minutes * 6)
-    for i in range(first):  # the fleet's random walks and anomalies run in tick order
-        fleet.tick(i)
-    return [
-        encoder.encode(r)
-        for i in tqdm(range(first, first + ticks), desc="simulating", unit="tick",
-                      disable=not progress)
-        for r in fleet.tick(i)
-    ]
+    for i in tqdm(range(ticks), desc="simulating", unit="tick", disable=not progress):
+        yield [encoder.encode(r) for r in fleet.tick(i)]
+
+
+def simulated_records(
+    sensors: int, metrics: int, minutes: float, seed: int = 1, progress: bool = False
+) -> list[bytes]:
+    """JSON readings of ``sensors`` simulated sensors over ``minutes`` (a reading every 10 s),
+    with anomalies injected, in the order a producer would send them."""
+    return [r for tick in _encoded_ticks(sensors, metrics, int(minutes * 6), seed, progress)
+            for r in tick]
+
+
+def simulated_split(
+    sensors: int, metrics: int, first_minutes: float, minutes: float, seed: int = 1,
+    progress: bool = False,
+) -> tuple[list[bytes], list[bytes]]:
+    """:func:`simulated_records` over ``first_minutes + minutes``, simulated once and cut
+    after the first ``first_minutes`` (a warm-up) into two lists."""
+    first = int(first_minutes * 6)
+    early: list[bytes] = []
+    later: list[bytes] = []
+    ticks = _encoded_ticks(sensors, metrics, first + int(minutes * 6), seed, progress)
+    for i, tick in enumerate(ticks):
+        (early if i < first else later).extend(tick)
+    return early, later
 
 
 Warm = dict[str, tuple[bytes, bytes]]  # shard key -> (FeatureStage, ScoreStage) snapshots
+
+
+def _stages(
+    settings: Settings, warm: Warm | None = None
+) -> tuple[dict[str, FeatureStage], dict[str, ScoreStage]]:
+    """Every shard's stages, built first as the flow builds them when it starts, with the
+    state of ``warm`` restored into them."""
+    spec = settings.window_spec()
+    keys = [shard_key(i) for i in range(settings.state_shards)]
+    feats = {key: FeatureStage(spec) for key in keys}
+    scorers = {key: build_score_stage(settings) for key in keys}
+    for key, (feature_state, score_state) in (warm or {}).items():
+        feats[key] = FeatureStage.restore(spec, feature_state)
+        scorers[key].restore(score_state)
+    return feats, scorers
+
+
+def _raw_batches(records: list[bytes], batch: int) -> list[RawBatch]:
+    """``records`` cut into batches as the Kafka source delivers them."""
+    return [
+        RawBatch("readings", 0, list(range(i, i + len(records[i : i + batch]))),
+                 records[i : i + batch])
+        for i in range(0, len(records), batch)
+    ]
+
+
+def _decoder(settings: Settings) -> BatchDecoder:
+    """The flow's decoder, with no future-time bound: simulated time is in the past."""
+    return BatchDecoder(settings.max_record_bytes, 10**13)
 
 
 def warm_state(records: list[bytes], settings: Settings, batch: int,
@@ -76,20 +121,15 @@ def warm_state(records: list[bytes], settings: Settings, batch: int,
     after 5 hours of windows; over a first simulated hour three windows in four have no
     opinion yet, and CPU per reading is about half the steady state's.
     """
-    spec = settings.window_spec()
-    decoder = BatchDecoder(settings.max_record_bytes, 10**13)
-    keys = [shard_key(i) for i in range(settings.state_shards)]
-    feats = {key: FeatureStage(spec) for key in keys}
-    scorers = {key: build_score_stage(settings) for key in keys}
-    for i in tqdm(range(0, len(records), batch), desc="warming up", unit="batch",
-                  disable=not progress):
-        decoded = decoder(RawBatch("readings", 0, list(range(i, i + len(records[i : i + batch]))),
-                                   records[i : i + batch]))
-        for key, readings in group_by_shard(decoded.readings, settings.state_shards):
+    decoder = _decoder(settings)
+    feats, scorers = _stages(settings)
+    for raw in tqdm(_raw_batches(records, batch), desc="warming up", unit="batch",
+                    disable=not progress):
+        for key, readings in group_by_shard(decoder(raw).readings, settings.state_shards):
             out = feats[key].process([readings])
             if out.windows:
                 scorers[key].process(out.windows)
-    return {key: (feats[key].snapshot(), scorers[key].snapshot()) for key in keys}
+    return {key: (feats[key].snapshot(), scorers[key].snapshot()) for key in feats}
 
 
 def run_once(
@@ -97,21 +137,10 @@ def run_once(
 ) -> dict[str, float]:
     """Every record through the pipeline once, from fresh state or from ``warm``'s (restored
     untimed); CPU seconds per step."""
-    spec = settings.window_spec()
-    decoder = BatchDecoder(settings.max_record_bytes, 10**13)  # simulated time is in the past
+    decoder = _decoder(settings)
     shards = settings.state_shards
-    # every shard's stages built first, as the flow builds them when it starts
-    keys = [shard_key(i) for i in range(shards)]
-    feats = {key: FeatureStage(spec) for key in keys}
-    scorers: dict[str, ScoreStage] = {key: build_score_stage(settings) for key in keys}
-    for key, (feature_state, score_state) in (warm or {}).items():
-        feats[key] = FeatureStage.restore(spec, feature_state)
-        scorers[key].restore(score_state)
-    batches = [
-        RawBatch("readings", 0, list(range(i, i + len(records[i : i + batch]))),
-                 records[i : i + batch])
-        for i in range(0, len(records), batch)
-    ]
+    feats, scorers = _stages(settings, warm)
+    batches = _raw_batches(records, batch)
     spent = dict.fromkeys(STEPS, 0.0)
     counts = {"windows": 0, "scores": 0, "judged": 0, "alerts": 0, "dead": 0}
     clock = time.process_time
@@ -155,13 +184,10 @@ def measure(
 ) -> dict[str, float]:
     """Median over ``repeat`` runs of µs per reading, per step and in all; each run starts
     from the state ``warmup_minutes`` of the same fleet left (none: fresh state)."""
-    warm = None
-    if warmup_minutes > 0:
-        early = simulated_records(sensors, metrics, warmup_minutes, progress=progress)
-        warm = warm_state(early, settings, batch, progress)
-        del early
-    records = simulated_records(sensors, metrics, minutes, progress=progress,
-                                skip_minutes=warmup_minutes)
+    early, records = simulated_split(sensors, metrics, warmup_minutes, minutes,
+                                     progress=progress)
+    warm = warm_state(early, settings, batch, progress) if early else None
+    del early
     runs = [
         run_once(records, settings, batch, warm)
         for _ in tqdm(range(repeat), desc="runs", disable=not progress)

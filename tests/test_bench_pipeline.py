@@ -9,7 +9,7 @@ import sys
 import pytest
 from integration import ROOT
 
-from bench.pipeline import STEPS, run_once, simulated_records, warm_state
+from bench.pipeline import STEPS, run_once, simulated_records, simulated_split, warm_state
 from flows.settings import Settings
 
 
@@ -25,9 +25,10 @@ def test_every_window_the_pipeline_closes_is_scored_and_every_step_is_timed() ->
 def test_a_warm_start_judges_the_windows_a_fresh_one_only_learns_from_and_repeats_exactly(
 ) -> None:
     settings = Settings()
-    warm = warm_state(simulated_records(sensors=12, metrics=4, minutes=60), settings, 500)
-    later = simulated_records(sensors=12, metrics=4, minutes=15, skip_minutes=60)
-    assert later == simulated_records(12, 4, 75)[-len(later):]  # the same fleet, continued
+    early, later = simulated_split(sensors=12, metrics=4, first_minutes=60, minutes=15)
+    assert early + later == simulated_records(12, 4, 75)  # one fleet, cut after an hour
+    assert len(early) > 3 * len(later)
+    warm = warm_state(early, settings, 500)
     fresh = run_once(later, settings, batch=500)
     first = run_once(later, settings, batch=500, warm=warm)
     again = run_once(later, settings, batch=500, warm=warm)  # the warm state is not consumed
