@@ -187,6 +187,15 @@ def _moving_average(seq: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.floa
     return total
 
 
+def _around(
+    rings: npt.NDArray[np.floating], start: npt.NDArray[np.int64], width: int
+) -> npt.NDArray[np.floating]:
+    """The first ``width`` values of each ring row read from slot ``start[i]`` on, wrapping
+    around: a window over the row written twice (one gather, no index arithmetic per value)."""
+    twice = np.concatenate([rings, rings], axis=1)
+    return sliding_window_view(twice, width, axis=1)[np.arange(len(rings)), start]
+
+
 class Calibrator:
     """Turns each sensor's raw detector scores into likelihoods in [0, 1] (module docstring)."""
 
@@ -348,12 +357,19 @@ class Calibrator:
         past their warm-up come here (:meth:`score` gives the others ``warmup_value``).
         """
         cnt = np.minimum(counts, self.history)  # scores in the ring; the rest is NaN
+        return self._in_body(hist.astype(np.float32), new.astype(np.float32), cnt)
+
+    def _in_body(
+        self, values: npt.NDArray[np.floating], m: npt.NDArray[np.floating],
+        cnt: npt.NDArray[np.int64],
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+        """Which ``m[i]`` lie below the tail quantile of the ``cnt[i]`` non-NaN ``values[i]``
+        (:meth:`_body_of_history` says why counting decides it), and their likelihoods:
+        exactly :meth:`_tail`'s empirical branch."""
         lo = np.floor(self.tail_quantile * np.maximum(cnt - 1, 0)).astype(np.int64)
-        h = hist.astype(np.float32)
-        m = new.astype(np.float32)[:, None]
-        above = (h > m).sum(axis=1)  # NaN compares False
+        above = (values > m[:, None]).sum(axis=1)  # NaN compares False
         body = above >= cnt - lo
-        equal = (h == m).sum(axis=1)[body]  # cheaper than copying the body's rows first
+        equal = (values == m[:, None]).sum(axis=1)[body]  # cheaper than copying rows first
         q = (above[body] + 0.5 * equal + 0.5) / (cnt[body] + 1.0)
         return body, np.clip(1.0 - q, 0.0, 1.0)
 
@@ -383,29 +399,19 @@ class Calibrator:
         ma = _moving_average(ext, k)  # ma[:, j]: the window of slots j .. j + k − 1 (mod N)
         wraps = (pos[:, None] - k + 1 + np.arange(k - 1)) % n  # also the newest k − 1 slots
         # the short-term mean: the newest k − 1 stored scores and the new one, oldest first
-        last = np.take_along_axis(ext, wraps, axis=1)
-        m = last[:, 0].copy()
-        for j in range(1, k - 1):
-            m += last[:, j]
-        m += new.astype(np.float64)
-        m /= k
+        last = np.column_stack([np.take_along_axis(ext, wraps, axis=1), new.astype(np.float64)])
+        m = _moving_average(last, k)[:, 0]
         full = counts >= n  # a ring not yet full has NaN in every window that wraps
         if full.any():
             at = np.flatnonzero(full)
             ma[at[:, None], wraps[at]] = np.nan
         cnt = np.minimum(counts, n) - k + 1  # averages wholly inside the history
-        lo = np.floor(self.tail_quantile * np.maximum(cnt - 1, 0)).astype(np.int64)
-        above = (ma > m[:, None]).sum(axis=1)  # NaN compares False
-        body = above >= cnt - lo
         out = np.empty(rows.size)
-        equal = (ma == m[:, None]).sum(axis=1)[body]
-        q = (above[body] + 0.5 * equal + 0.5) / (cnt[body] + 1.0)
-        out[body] = np.clip(1.0 - q, 0.0, 1.0)
+        body, likelihood = self._in_body(ma, m, cnt)
+        out[body] = likelihood
         rest = np.flatnonzero(~body)
         if rest.size:  # the history's averages in order, oldest first, as _score has them
-            mr = ma[rest]
-            twice = np.concatenate([mr, mr], axis=1)
-            win = sliding_window_view(twice, n - k + 1, axis=1)[np.arange(rest.size), pos[rest]]
+            win = _around(ma[rest], pos[rest], n - k + 1)
             out[rest] = np.clip(1.0 - self._tail(win[:, None, :], m[rest, None]), 0.0, 1.0)[:, 0]
         return out
 
@@ -500,10 +506,7 @@ class Calibrator:
         rings = self._rows["ring"][rows, columns]
         if not ordered:
             return rings
-        # each ring read from its oldest slot: a window of N over the ring written twice
-        twice = np.concatenate([rings, rings], axis=1)
-        start = self._rows["pos"][rows, columns]
-        return sliding_window_view(twice, self.history, axis=1)[np.arange(rows.size), start]
+        return _around(rings, self._rows["pos"][rows, columns], self.history)
 
     def _score(
         self,
