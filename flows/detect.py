@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -41,7 +41,6 @@ from flows.windows import ClosedWindow
 log = logging.getLogger("vigil.flow")
 
 
-
 @dataclass(frozen=True)
 class FlowStreams:
     """The flow's outputs; the default outputs write the first three, tests may tap any."""
@@ -59,15 +58,17 @@ class _SnapshotsStage:
     """What both stateful steps snapshot: their stage's state, timed and tagged with the
     shard count (:func:`state_tag`), or nothing when there is no recovery store."""
 
+    step: ClassVar[str]  # the step's id, also its metrics' label
+
     def __init__(
-        self, stage: FeatureStage | ScoreStage, snapshots: bool, shards: int,
-        keep_memory: bool, step: str,
+        self, stage: FeatureStage | ScoreStage, snapshots: bool = True, shards: int = 0,
+        keep_memory: bool = False,
     ) -> None:
         self.stage = stage
         self.snapshots = snapshots
         self.shards = shards
         self.keep_memory = keep_memory
-        self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels(step)
+        self._snapshot_seconds = metrics.SNAPSHOT_SECONDS.labels(self.step)
 
     def snapshot(self) -> bytes:
         if not self.snapshots:
@@ -92,17 +93,12 @@ class _WindowedFeatures(
     _SnapshotsStage, StatefulBatchLogic[tuple[int, list[Reading]], _Features, bytes]
 ):
     stage: FeatureStage
-
-    def __init__(
-        self, stage: FeatureStage, snapshots: bool = True, shards: int = 0,
-        keep_memory: bool = False,
-    ) -> None:
-        super().__init__(stage, snapshots, shards, keep_memory, "windowed_features")
+    step = "windowed_features"
 
     def on_batch(self, values: list[tuple[int, list[Reading]]]) -> tuple[list[_Features], bool]:
         t0 = time.perf_counter()
         out = self.stage.process([readings for _, readings in values])
-        metrics.BATCH_SECONDS.labels("windowed_features").observe(time.perf_counter() - t0)
+        metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - t0)
         metrics.ACCEPTED.inc(out.accepted)
         if out.late:
             metrics.DEAD.labels("late").inc(len(out.late))
@@ -114,15 +110,15 @@ class _WindowedFeatures(
         return ([_Features(out, 0)] if out.windows else []), self.RETAIN
 
 
-
 class _ScoreWindows(_SnapshotsStage, StatefulBatchLogic[_Features, ScoreOutput, bytes]):
     stage: ScoreStage
+    step = "score_windows"
 
     def __init__(
         self, stage: ScoreStage, snapshots: bool = True, shards: int = 0,
         keep_memory: bool = False,
     ) -> None:
-        super().__init__(stage, snapshots, shards, keep_memory, "score_windows")
+        super().__init__(stage, snapshots, shards, keep_memory)
         stage.ensemble.detectors = metrics.timed(stage.ensemble.detectors)
         self._version: str | None = None
 
@@ -130,7 +126,7 @@ class _ScoreWindows(_SnapshotsStage, StatefulBatchLogic[_Features, ScoreOutput, 
         t0 = time.perf_counter()
         windows = [w for f in values for w in f.out.windows]
         out = self.stage.process(windows)
-        metrics.BATCH_SECONDS.labels("score_windows").observe(time.perf_counter() - t0)
+        metrics.BATCH_SECONDS.labels(self.step).observe(time.perf_counter() - t0)
         if not windows:
             return [out], self.RETAIN
         now = time.time()
@@ -176,7 +172,6 @@ class _ScoreWindows(_SnapshotsStage, StatefulBatchLogic[_Features, ScoreOutput, 
                     "window_end": alert.end.isoformat(), "model_version": alert.model_version,
                 },
             )
-
 
 
 _STATE_MAGIC = b"VGS1"  # recovered state tagged with the shard count it was written under
@@ -295,9 +290,9 @@ def build_flow(
     by_shard = op.flat_map(
         "key_by_sensor_shard", decoded, lambda b: _by_shard(b, settings.state_shards)
     )
-    features = op.stateful_batch("windowed_features", by_shard, new_features)
+    features = op.stateful_batch(_WindowedFeatures.step, by_shard, new_features)
     late = op.flat_map("late_readings", features, lambda kv: kv[1].out.late)
-    scored = op.stateful_batch("score_windows", features, new_scorer)
+    scored = op.stateful_batch(_ScoreWindows.step, features, new_scorer)
     alerts = op.flat_map("alerts", scored, lambda kv: kv[1].alerts)
     scores = op.flat_map("scores", scored, lambda kv: kv[1].scores)
     dead = op.merge("dead_letters", invalid, late)
