@@ -475,7 +475,7 @@ def _span(
         start_i = next((i for i, s in enumerate(samples) if s.count >= skip), None)
         if start_i is not None and start_i > 0 and samples[start_i].count < n:
             a, b = samples[start_i - 1], samples[start_i]
-            first, end = _span(samples[start_i - 1 :], n, t_exit)
+            _, end = _span(samples[start_i - 1 :], n, t_exit)  # the end, found as without
             return a.lerp(b, (skip - a.count) / (b.count - a.count)), end
     first_i = next(i for i, s in enumerate(samples) if s.count > 0)
     end_i = next((i for i, s in enumerate(samples) if s.count >= n), None)
