@@ -69,6 +69,19 @@ def instance_partitions(settings: Settings, topic: str) -> list[int]:
     return mine
 
 
+def readings_consumer_config(settings: Settings) -> dict[str, str | int | bool]:
+    """librdkafka settings of the readings consumer; offsets live in recovery, not the group."""
+    return {
+        **settings.kafka_config(),
+        "group.id": "vigil-detect",  # required by librdkafka, never joined (assign only)
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "fetch.wait.max.ms": settings.fetch_wait_max_ms,
+        "fetch.queue.backoff.ms": settings.fetch_queue_backoff_ms,
+        "queued.max.messages.kbytes": 65536,
+    }
+
+
 class _ReadingsPartition(StatefulSourcePartition[RawBatch, int]):
     def __init__(
         self, settings: Settings, topic: str, partition: int, resume_offset: int | None
@@ -77,14 +90,7 @@ class _ReadingsPartition(StatefulSourcePartition[RawBatch, int]):
         self._offset = resume_offset if resume_offset is not None else (
             OFFSET_BEGINNING if start == "earliest" else OFFSET_END
         )
-        self._consumer = Consumer({
-            **settings.kafka_config(),
-            "group.id": "vigil-detect",  # required by librdkafka; offsets live in recovery
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "fetch.wait.max.ms": settings.fetch_wait_max_ms,
-            "queued.max.messages.kbytes": 65536,
-        })
+        self._consumer = Consumer(readings_consumer_config(settings))
         self._consumer.assign([KafkaTopicPartition(topic, partition, self._offset)])
         self._end: int | None = None  # exit_at_end: stop at this offset
         self._end_confirmed = False

@@ -107,6 +107,13 @@ class Settings:
         "librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch; bounds latency.",
         default=10,
     )
+    fetch_queue_backoff_ms: int = _doc(
+        "librdkafka `fetch.queue.backoff.ms`: how long the readings consumer pauses fetching "
+        "once it holds `queued.min.messages` (100,000) unread. librdkafka's 1000 ms let a flow "
+        "that drains 100,000 readings in under a second (catching up a backlog) wait idle: "
+        "every consumer of a partition capped near 100k readings/s (docs/benchmarks.md).",
+        default=10,
+    )
     producer_linger_ms: int = _doc(
         "librdkafka `linger.ms` for the alert, score and dead-letter producers.", default=5
     )
@@ -497,8 +504,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 p.append(f"VIGIL_{name.upper()} must be at least 1")
-        for name in ("fetch_wait_max_ms", "producer_linger_ms", "sim_limit", "zscore_warmup",
-                     "consumer_poll_ms"):
+        for name in ("fetch_wait_max_ms", "fetch_queue_backoff_ms", "producer_linger_ms",
+                     "sim_limit", "zscore_warmup", "consumer_poll_ms"):
             if getattr(self, name) < 0:
                 p.append(f"VIGIL_{name.upper()} must not be negative")
         if self.instances < 1:
