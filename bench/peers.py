@@ -8,6 +8,10 @@ stage to each peer. The job (``bench/peers_impl/__init__.py``): decode, 60 s eve
 tumbling window per sensor with mean/std/min/max per metric, one record per window.
 
 * ``plain``: a confluent-kafka consume loop with orjson and a dict of open windows;
+* ``plain-tuned``: the same loop with the one librdkafka setting Vigil's consumer changes,
+  ``fetch.queue.backoff.ms`` (``VIGIL_FETCH_QUEUE_BACKOFF_MS``). librdkafka's default pauses
+  fetching for a second whenever 100,000 messages wait unread, which caps any consumer that
+  processes faster than that near 100k/s; this row compares the processing alone;
 * ``quix``: Quix Streams (``tumbling_window().reduce().final()``), in its own virtualenv
   because it pins confluent-kafka < 2.13 (``--setup-quix`` creates ``.venv-peers``);
 * ``bytewax``: Bytewax's KafkaSource, ``fold_window`` with an event clock, KafkaSink;
@@ -42,11 +46,11 @@ from bench.throughput import (
     versions,
 )
 from flows.cli import positive_int
-from flows.settings import SettingsError, parse_duration
+from flows.settings import Settings, SettingsError, parse_duration
 from flows.simulator import Fleet
 
 ROOT = Path(__file__).resolve().parents[1]
-PEERS = ("plain", "quix", "bytewax", "vigil")
+PEERS = ("plain", "plain-tuned", "quix", "bytewax", "vigil")
 QUIX_VENV = ROOT / ".venv-peers"
 QUIX_REQUIREMENT = "quixstreams==3.28.1"
 _RETENTION_MS = str(7 * 24 * 3600 * 1000)  # Quix reads topic configs; the test broker needs it
@@ -88,6 +92,9 @@ def command(peer: str, args: list[str], quix_py: str | None) -> tuple[list[str],
     env = {"PYTHONUNBUFFERED": "1", "VIGIL_LOG_FORMAT": "text"}
     if peer == "plain":
         return [sys.executable, "-m", "bench.peers_impl.plain", *args], env
+    if peer == "plain-tuned":
+        backoff = Settings.from_env({}).fetch_queue_backoff_ms  # Vigil's default
+        return [sys.executable, "-m", "bench.peers_impl.plain", *args, str(backoff)], env
     if peer == "quix":
         assert quix_py is not None
         return [quix_py, "-m", "bench.peers_impl.quix", *args], env  # cwd: the repository
@@ -166,7 +173,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.peers",
         description="Run the same JSON -> 60 s tumbling window -> one record per window job "
-                    "as a plain confluent-kafka loop, with Quix Streams, with Bytewax's "
+                    "as a plain confluent-kafka loop (with librdkafka's defaults, and tuned "
+                    "like Vigil's consumer), with Quix Streams, with Bytewax's "
                     "fold_window and with Vigil's feature stage, against one broker and input, "
                     "and print readings/s and the ratios.",
     )

@@ -1,4 +1,9 @@
-"""Peer (a): a plain confluent-kafka consume loop with orjson and a dict of open windows."""
+"""Peer (a): a plain confluent-kafka consume loop with orjson and a dict of open windows.
+
+An optional sixth argument sets the consumer's ``fetch.queue.backoff.ms`` (peer
+``plain-tuned``: the one consumer setting Vigil changes from librdkafka's defaults, so the
+two compare on their processing alone).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from bench.peers_impl import WINDOW_MS, finish, fold, mark_first
 
 
-def main(brokers: str, topic: str, out: str, readings: int, stats: str) -> None:
+def main(brokers: str, topic: str, out: str, readings: int, stats: str,
+         queue_backoff_ms: int | None = None) -> None:
+    tuning = {} if queue_backoff_ms is None else {"fetch.queue.backoff.ms": queue_backoff_ms}
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": "peer-plain",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 10, **tuning})
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5,
                          "queue.buffering.max.messages": 1_000_000})
@@ -46,4 +53,5 @@ def main(brokers: str, topic: str, out: str, readings: int, stats: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5],
+         int(sys.argv[6]) if len(sys.argv) > 6 else None)
